@@ -1,0 +1,71 @@
+"""xvit: explain the decisions of Vision Transformers.
+
+Example:
+    >>> import timm, torch, xvit
+    >>> model = timm.create_model("vit_tiny_patch16_224", num_classes=4, depth=3,
+    ...                           img_size=32, patch_size=8)
+    >>> explanation = xvit.explain("gradmask", model, torch.randn(1, 3, 32, 32))
+    >>> explanation.map.shape
+    torch.Size([1, 4, 4])
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    CaptureError,
+    InvalidInputError,
+    ModelLoadError,
+    ModelOutputError,
+    ParameterError,
+    UnknownNameError,
+    UnsupportedModelError,
+    XvitError,
+)
+from ._inputs import load_image
+from .api import explain, make_explainer
+from .explanation import Explanation
+from .methods import Explainer, get_method, list_methods, methods, register_method, score_masks
+from .models import (
+    Geometry,
+    ModelAdapter,
+    Preprocessing,
+    get_adapter,
+    hook_counts,
+    load_checkpoint,
+    load_model,
+    model_aliases,
+    save_checkpoint,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaptureError",
+    "Explainer",
+    "Explanation",
+    "Geometry",
+    "InvalidInputError",
+    "ModelAdapter",
+    "ModelLoadError",
+    "ModelOutputError",
+    "ParameterError",
+    "Preprocessing",
+    "UnknownNameError",
+    "UnsupportedModelError",
+    "XvitError",
+    "__version__",
+    "explain",
+    "get_adapter",
+    "get_method",
+    "hook_counts",
+    "list_methods",
+    "load_checkpoint",
+    "load_image",
+    "load_model",
+    "make_explainer",
+    "methods",
+    "model_aliases",
+    "register_method",
+    "save_checkpoint",
+    "score_masks",
+]

@@ -1,0 +1,151 @@
+"""Turn what users pass (paths, PIL images, arrays, tensors; targets) into checked tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._errors import InvalidInputError
+from .models._base import ModelAdapter
+
+
+def load_image(path: str | Path) -> Any:
+    """Open an image file as an RGB PIL image, with clear errors for bad files."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInputError(f"image file not found: {p}; check the path")
+    if p.is_dir():
+        raise InvalidInputError(f"{p} is a folder, not an image file; pass the image files in it")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            return to_rgb(img)
+    except UnidentifiedImageError:
+        raise InvalidInputError(
+            f"{p} is not an image PIL can read; pass a PNG, JPEG or other image file"
+        ) from None
+    except OSError as exc:
+        raise InvalidInputError(f"could not read image {p} ({exc}); is the file truncated?") from None
+
+
+def to_rgb(img: Any) -> Any:
+    """Convert any PIL mode (L, LA, P, RGBA, 16-bit I;16, I, F) to 8-bit RGB."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def array_to_image(arr: np.ndarray) -> Any:
+    """An H x W, H x W x 1/3/4 uint8 (or uint16) array as an RGB PIL image."""
+    from PIL import Image
+
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise InvalidInputError(
+            f"an image array must be H x W or H x W x 3 (or 4), got shape {arr.shape}; "
+            f"preprocessed batches should be passed as torch tensors B x C x H x W"
+        )
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float64) / 65535.0 * 255.0).round().astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and 0 <= arr.min() and arr.max() <= 1:
+            arr = (arr * 255.0).round().astype(np.uint8)
+        else:
+            raise InvalidInputError(
+                f"image arrays must be uint8 (0-255) or float in [0, 1], got {arr.dtype}"
+            )
+    return to_rgb(Image.fromarray(arr))
+
+
+def prepare_inputs(inputs: Any, adapter: ModelAdapter) -> tuple[torch.Tensor, list[Any] | None]:
+    """A checked B x C x H x W tensor on the model's device, and the PIL images if any.
+
+    Tensors are taken as already preprocessed; everything else goes through the model's own
+    preprocessing.
+    """
+    if isinstance(inputs, torch.Tensor):
+        x = inputs
+        adapter.check_input(x)
+        if not torch.isfinite(x).all():
+            raise InvalidInputError(
+                "the input contains NaN or infinite values; clean or re-preprocess it"
+            )
+        return x.to(device=adapter.device, dtype=adapter.dtype), None
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if not items:
+        raise InvalidInputError("no inputs given: pass at least one image")
+    images = [as_image(item) for item in items]
+    prep = adapter.preprocessing
+    x = torch.stack([prep(img) for img in images])
+    adapter.check_input(x)
+    return x.to(device=adapter.device, dtype=adapter.dtype), images
+
+
+def as_image(item: Any) -> Any:
+    """A path, PIL image or array as an RGB PIL image."""
+    from PIL import Image
+
+    if isinstance(item, (str, Path)):
+        return load_image(item)
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, np.ndarray):
+        return array_to_image(item)
+    if isinstance(item, torch.Tensor):
+        raise InvalidInputError(
+            "tensors inside a list are not accepted: stack them into one B x C x H x W tensor"
+        )
+    raise InvalidInputError(
+        f"cannot use a {type(item).__name__} as an image: pass a path, a PIL image, an "
+        f"H x W x 3 uint8 array, a list of these, or a B x C x H x W tensor"
+    )
+
+
+def resolve_targets(
+    target: Any, logits: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """(B,) long targets: None -> predicted class; an int for all; or one per image."""
+    b = logits.shape[0]
+    if target is None:
+        return logits.argmax(dim=-1)
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise InvalidInputError(f"target must hold integer class indices, got {target.dtype}")
+        values = target.reshape(-1).tolist()
+    elif isinstance(target, (list, tuple, np.ndarray)):
+        values = list(np.asarray(target).reshape(-1).tolist())
+    else:
+        values = [target]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise InvalidInputError(
+                f"target must be an int class index (or one per image), got {v!r} "
+                f"({type(v).__name__})"
+            )
+        if not 0 <= int(v) < num_classes:
+            raise InvalidInputError(
+                f"target {v} is out of range: the model has {num_classes} classes "
+                f"(0 .. {num_classes - 1})"
+            )
+    if len(values) == 1:
+        values = values * b
+    if len(values) != b:
+        raise InvalidInputError(
+            f"got {len(values)} targets for {b} images: pass one int, or exactly one per image"
+        )
+    return torch.tensor([int(v) for v in values], dtype=torch.long, device=logits.device)

@@ -1,0 +1,88 @@
+"""``xvit.explain``: the one-call entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._errors import ModelOutputError, ParameterError
+from ._inputs import prepare_inputs, resolve_targets
+from .explanation import Explanation
+from .methods._base import Explainer
+from .methods._registration import get_method
+from .models import get_adapter, model_lock, preserved_state
+
+
+def make_explainer(method: str | type[Explainer] | Explainer, **params: Any) -> Explainer:
+    """An :class:`Explainer` from a name, a class, or an instance (then no params)."""
+    if isinstance(method, Explainer):
+        if params:
+            raise ParameterError(
+                f"parameters {sorted(params)} were given with an already-built "
+                f"{type(method).__name__}; pass them to its constructor instead"
+            )
+        return method
+    return get_method(method).create(**params)
+
+
+def explain(
+    method: str | type[Explainer] | Explainer,
+    model: Any,
+    inputs: Any,
+    target: Any = None,
+    **params: Any,
+) -> Explanation:
+    """Explain a model's decision on one image or a batch.
+
+    Args:
+        method: A registered method name (see :func:`xvit.list_methods`), class or instance.
+        model: A timm or HuggingFace ViT/DeiT classifier (or an adapter).
+        inputs: A path, PIL image, H x W x 3 uint8 array, a list of these (each preprocessed
+            with the model's own preprocessing), or a B x C x H x W tensor taken as already
+            preprocessed.
+        target: None (the predicted class), an int for every image, or one int per image.
+        **params: The method's parameters; unknown names raise an error listing valid ones.
+
+    Returns:
+        An :class:`Explanation` whose ``map`` is B x h x w on the input's device.
+
+    Example:
+        >>> import timm, torch, xvit
+        >>> m = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=5, depth=2,
+        ...                       img_size=48, patch_size=16)
+        >>> e = xvit.explain("gradmask", m, torch.randn(1, 3, 48, 48), target=2)
+        >>> e.map.shape, e.targets.tolist()
+        (torch.Size([1, 3, 3]), [2])
+    """
+    explainer = make_explainer(method, **params)
+    adapter = get_adapter(model)
+    out_device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
+    x, images = prepare_inputs(inputs, adapter)
+    with model_lock(adapter.model), preserved_state(adapter.model):
+        with torch.inference_mode():
+            logits = adapter.forward_logits(x)
+        if not torch.isfinite(logits).all():
+            raise ModelOutputError(
+                "the model returned NaN or infinite logits for this input; check the model's "
+                "weights and the input's preprocessing"
+            )
+        targets = resolve_targets(target, logits, adapter.num_classes)
+        probs = logits.float().softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+        maps = explainer.attribute(adapter, x, targets)
+    if not torch.isfinite(maps).all():
+        raise ModelOutputError(
+            f"{explainer.name} produced non-finite values (the model returned NaN or inf on "
+            f"some perturbed inputs); check the model and the input"
+        )
+    return Explanation(
+        map=maps.detach().to(out_device),
+        method=explainer.name,
+        targets=targets.to(out_device),
+        probabilities=probs.to(out_device),
+        params=explainer.params(),
+        input_size=(int(x.shape[-2]), int(x.shape[-1])),
+        inputs=x.detach().to(out_device),
+        images=images,
+        class_names=[adapter.class_name(int(t)) for t in targets],
+    )

@@ -1,0 +1,10 @@
+"""Explanation methods: one file per method, all behind one registry."""
+
+from __future__ import annotations
+
+from . import gradmask as _gradmask  # noqa: F401  (registers the built-in)
+from ._base import Explainer
+from ._registration import get_method, list_methods, methods, register_method
+from ._scoring import score_masks
+
+__all__ = ["Explainer", "get_method", "list_methods", "methods", "register_method", "score_masks"]

@@ -1,0 +1,101 @@
+"""The contract every explanation method follows."""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+from .._errors import ParameterError
+from ..models._base import ModelAdapter
+
+
+class Explainer(ABC):
+    """Base class of explanation methods.
+
+    A method is configured by keyword arguments to ``__init__`` (validated there, with a
+    :class:`~xvit.ParameterError` naming the problem and the valid range) and explains a batch
+    with :meth:`attribute`: B preprocessed images and B target classes in, B saliency maps out
+    (B x h x w, at the method's native resolution, on the input's device).
+
+    Class attributes declare what the method is, for listings and for the runner:
+
+    Attributes:
+        name: Registry name.
+        summary: One line for ``xvit list``.
+        paper: The paper the method implements.
+        family: "gradient+mask", "attention", "attention+gradient", "cam", "perturbation".
+        needs_gradients: Whether it backpropagates through the model.
+        needs_attention: Whether it reads attention probabilities.
+        randomized: Whether it draws random numbers (then it takes a ``seed``).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    needs_gradients: ClassVar[bool] = False
+    needs_attention: ClassVar[bool] = False
+    randomized: ClassVar[bool] = False
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The keyword parameters this method accepts."""
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Default value of each parameter."""
+        sig = inspect.signature(cls.__init__)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.name != "self" and p.default is not inspect.Parameter.empty
+        }
+
+    @classmethod
+    def create(cls, **params: Any) -> Explainer:
+        """Instantiate with ``params``; unknown names raise an error listing the valid ones."""
+        unknown = sorted(set(params) - set(cls.param_names()))
+        if unknown:
+            raise ParameterError(
+                f"{cls.name} got unknown parameter(s) {', '.join(unknown)}; it accepts: "
+                f"{', '.join(cls.param_names()) or '(none)'}"
+            )
+        return cls(**params)
+
+    def params(self) -> dict[str, Any]:
+        """The parameter values in use."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    @abstractmethod
+    def attribute(
+        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """Saliency maps (B x h x w) for preprocessed ``inputs`` (B x C x H x W) on the
+        model's device and integer ``target`` (B,). Runs with the model in eval mode."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_positive_int(name: str, value: Any, method: str) -> int:
+    """Validate a positive integer parameter."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ParameterError(f"{method}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_batch_size(value: Any, method: str) -> int | str:
+    """``batch_size``: a positive integer or "auto"."""
+    if value == "auto":
+        return "auto"
+    return check_positive_int("batch_size", value, method)

@@ -1,0 +1,46 @@
+"""The method registry: built-ins register on import, plugins via ``xvit.methods``."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from .._registry import Registry
+from ._base import Explainer
+
+E = TypeVar("E", bound=type[Explainer])
+
+#: Every explanation method, by name.
+methods: Registry[type[Explainer]] = Registry("method", group="xvit.methods")
+
+
+def register_method(cls: E) -> E:
+    """Class decorator: register an :class:`Explainer` subclass under its ``name``.
+
+    Example:
+        >>> import torch, xvit
+        >>> @xvit.register_method
+        ... class Flat(xvit.Explainer):
+        ...     name = "flat-doc"
+        ...     def attribute(self, adapter, inputs, target):
+        ...         gh, gw = adapter.geometry.grid(*inputs.shape[-2:])
+        ...         return torch.ones(len(inputs), gh, gw, device=inputs.device)
+        >>> "flat-doc" in xvit.list_methods()
+        True
+        >>> xvit.methods.unregister("flat-doc")
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Explainer)):
+        raise TypeError(f"register_method takes an Explainer subclass, got {cls!r}")
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} must set a class attribute 'name' to be registered")
+    methods.register(cls.name, cls)
+    return cls
+
+
+def get_method(name: str | type[Explainer]) -> type[Explainer]:
+    """The method class registered under ``name`` (unknown names list the known ones)."""
+    return methods.get(name)
+
+
+def list_methods(pattern: str | None = None) -> list[str]:
+    """Registered method names, optionally filtered by a wildcard such as ``"grad*"``."""
+    return methods.names(pattern)

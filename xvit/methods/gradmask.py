@@ -1,0 +1,138 @@
+"""GradMask: gradient-derived binary patch masks weighted by the model's confidence."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._errors import ParameterError
+from ..models._base import ModelAdapter
+from ..models._capture import QKV, Capture
+from ._base import Explainer, check_batch_size, check_positive_int
+from ._registration import register_method
+from ._scoring import fill_perturb, score_masks
+
+
+def resolve_blocks(blocks: Any, num_blocks: int, method: str) -> list[int]:
+    """Block selection: None -> all but the last; "all"; or a sequence of (negative ok) indices."""
+    if blocks is None:
+        return list(range(max(num_blocks - 1, 1)))
+    if blocks == "all":
+        return list(range(num_blocks))
+    if isinstance(blocks, int) and not isinstance(blocks, bool):
+        blocks = [blocks]
+    if not isinstance(blocks, Sequence) or isinstance(blocks, str) or not blocks:
+        raise ParameterError(
+            f"{method}: blocks must be None (all but the last), 'all', or a non-empty list of "
+            f"block indices, got {blocks!r}"
+        )
+    out = []
+    for b in blocks:
+        if isinstance(b, bool) or not isinstance(b, int) or not -num_blocks <= b < num_blocks:
+            raise ParameterError(
+                f"{method}: block index {b!r} is out of range for a model with {num_blocks} "
+                f"blocks (valid: {-num_blocks} .. {num_blocks - 1})"
+            )
+        out.append(b % num_blocks)
+    return out
+
+
+@register_method
+class GradMask(Explainer):
+    """GradMask (Marchetti, Traini, Ursino, Virgili, IJCNN 2025).
+
+    One forward and backward of the target logit gives the gradients of every block's query,
+    key and value projections. Each projection's D channels are split into M contiguous
+    groups; each group's gradient sum over its channels, clamped at 0, gives one row of P patch
+    scores (prefix tokens dropped), and ``row >= mean(row)`` a binary patch mask. The
+    3 x |blocks| x M masks (all q masks block-major then group, then k, then v) are applied to
+    the preprocessed image (masked-out pixels take ``fill``, by default 0, the normalised mean
+    colour), scored by the model, and the probability-weighted sum of the masks is the map.
+
+    Args:
+        masks_per_layer: M, masks per projection and block; must divide the hidden size.
+        blocks: Blocks used: None (default) for all but the last, as the authors' code does
+            (a CLS-pooled model's last-block patch queries get no gradient); "all"; or indices.
+        fill: Value of masked-out pixels in the model's input space.
+        batch_size: Masked images per forward (an int, or "auto").
+
+    References:
+        M. Marchetti, D. Traini, D. Ursino, L. Virgili, "Integrating Gradient and Mask-based
+        Approaches for Vision Transformer Explainability", IJCNN 2025.
+
+    Example:
+        >>> import timm, torch, xvit
+        >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=3,
+        ...                       img_size=32, patch_size=8)
+        >>> xvit.explain("gradmask", m, torch.randn(2, 3, 32, 32)).map.shape
+        torch.Size([2, 4, 4])
+    """
+
+    name = "gradmask"
+    summary = "gradients of q/k/v become binary patch masks, weighted by the model's confidence"
+    paper = "Marchetti et al., Integrating Gradient and Mask-based Approaches for ViT Explainability, IJCNN 2025"
+    family = "gradient+mask"
+    needs_gradients = True
+
+    def __init__(
+        self,
+        *,
+        masks_per_layer: int = 4,
+        blocks: Any = None,
+        fill: float = 0.0,
+        batch_size: int | str = 64,
+    ) -> None:
+        self.masks_per_layer = check_positive_int("masks_per_layer", masks_per_layer, self.name)
+        self.blocks = blocks
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+            raise ParameterError(f"gradmask: fill must be a number, got {fill!r}")
+        self.fill = float(fill)
+        self.batch_size = check_batch_size(batch_size, self.name)
+
+    def masks(
+        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """The binary patch masks, B x K x h x w (K = 3 x |blocks| x M), in the paper's order."""
+        geo = adapter.geometry
+        d, m = geo.hidden_size, self.masks_per_layer
+        if d % m:
+            divisors = [k for k in range(1, d + 1) if d % k == 0]
+            raise ParameterError(
+                f"gradmask: masks_per_layer={m} does not divide the hidden size {d}; "
+                f"choose one of {divisors}"
+            )
+        blocks = resolve_blocks(self.blocks, geo.num_blocks, self.name)
+        gh, gw = geo.grid(inputs.shape[-2], inputs.shape[-1])
+        prefix = geo.num_prefix_tokens
+        x = inputs.detach().requires_grad_(True)
+        with torch.enable_grad(), Capture(adapter, qkv=True) as cap:
+            logits = adapter.forward_logits(x)
+            score = logits.gather(1, target.unsqueeze(1)).sum()
+            grads = cap.qkv_grads(score)
+        rows = []
+        for proj in QKV:
+            for b in blocks:
+                g = grads[proj][b].detach()  # B x N x D
+                bsz, n, _ = g.shape
+                group_sums = g.reshape(bsz, n, m, d // m).sum(-1).clamp_min(0)  # B x N x M
+                rows.append(group_sums[:, prefix:, :].transpose(1, 2))  # B x M x P
+        scores = torch.cat(rows, dim=1)  # B x K x P
+        masks = (scores >= scores.mean(dim=-1, keepdim=True)).to(inputs.dtype)
+        return masks.reshape(masks.shape[0], masks.shape[1], gh, gw)
+
+    def attribute(
+        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        masks = self.masks(adapter, inputs, target)
+        probs = score_masks(
+            adapter,
+            inputs,
+            target,
+            masks,
+            batch_size=self.batch_size,
+            perturb=fill_perturb(self.fill),
+            upsample="nearest",
+        )
+        return torch.einsum("bk,bkhw->bhw", probs.to(masks.dtype), masks)

@@ -1,0 +1,224 @@
+"""The adapter contract: what xvit needs to know about a Vision Transformer.
+
+An adapter wraps one model object and exposes its geometry (read from the model, never
+assumed), its preprocessing, its reported logits, and the modules whose outputs the
+explanation methods capture (q/k/v projections, attention probabilities, any named layer).
+The hook machinery itself lives in :mod:`xvit.models._capture` and is shared by all adapters.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .._errors import InvalidInputError
+from ._preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shape facts of a ViT, read from the model.
+
+    Attributes:
+        num_blocks: Number of transformer blocks L.
+        num_heads: Attention heads per block.
+        hidden_size: Width D of the q, k and v projections.
+        num_prefix_tokens: Tokens before the patch tokens (CLS, distillation, registers).
+        patch_size: (height, width) of one patch in pixels.
+        image_size: (height, width) the model is built for.
+        in_chans: Number of input channels.
+        dynamic_size: Whether the model accepts other sizes (multiples of the patch size).
+    """
+
+    num_blocks: int
+    num_heads: int
+    hidden_size: int
+    num_prefix_tokens: int
+    patch_size: tuple[int, int]
+    image_size: tuple[int, int]
+    in_chans: int = 3
+    dynamic_size: bool = False
+
+    def grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """Patch grid (h, w) for an input of the given size (default: the model's size)."""
+        height = self.image_size[0] if height is None else height
+        width = self.image_size[1] if width is None else width
+        return height // self.patch_size[0], width // self.patch_size[1]
+
+    def num_tokens(self, height: int | None = None, width: int | None = None) -> int:
+        """Sequence length N = prefix tokens + patches."""
+        gh, gw = self.grid(height, width)
+        return self.num_prefix_tokens + gh * gw
+
+
+@dataclass
+class QKVSource:
+    """Where one block's q, k and v projection outputs come from.
+
+    ``modules`` holds either one fused module whose output is [q | k | v] along the last
+    dimension (timm's ``qkv``), or three modules (HF's query/key/value).
+    """
+
+    modules: tuple[nn.Module, ...]
+    hidden_size: int
+
+    @property
+    def fused(self) -> bool:
+        return len(self.modules) == 1
+
+
+@dataclass
+class AttentionSource:
+    """The module whose forward output carries a block's attention probabilities.
+
+    ``extract`` turns that output into the B x heads x N x N probability tensor (or None
+    when the module did not compute them, e.g. on a fused attention path).
+    """
+
+    module: nn.Module
+    extract: Callable[[Any], torch.Tensor | None]
+
+
+@dataclass
+class BlockSources:
+    """The capture points of one transformer block."""
+
+    qkv: QKVSource
+    attention: AttentionSource
+    norm1: nn.Module
+    extra: dict[str, nn.Module] = field(default_factory=dict)
+
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """One re-entrant lock per model: concurrent explanations of one model take turns."""
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = threading.RLock()
+            _MODEL_LOCKS[model] = lock
+        return lock
+
+
+class ModelAdapter(ABC):
+    """Uniform access to one ViT-family classifier.
+
+    Subclasses implement :meth:`matches` (chosen by the model's type), the geometry,
+    preprocessing, :meth:`forward_logits`, :meth:`blocks`, and how to switch the model to an
+    attention implementation that materialises the probabilities.
+
+    Example:
+        >>> import timm, xvit
+        >>> m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+        ...                       depth=2, img_size=32, patch_size=8)
+        >>> xvit.get_adapter(m).geometry.grid()
+        (4, 4)
+    """
+
+    framework: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    # --- identification -------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: object) -> bool:
+        """Whether this adapter handles ``model`` (checked without importing frameworks)."""
+
+    # --- facts ----------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def geometry(self) -> Geometry:
+        """Shape facts read from the model."""
+
+    @property
+    @abstractmethod
+    def preprocessing(self) -> Preprocessing:
+        """How raw images become model inputs for this model."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """Number of output classes."""
+
+    @abstractmethod
+    def blocks(self) -> list[BlockSources]:
+        """Capture points of every block, first to last."""
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.model.parameters():
+            return p.dtype
+        return torch.float32
+
+    def class_name(self, index: int) -> str:
+        """A human-readable class name when the model carries one, else the index."""
+        return str(index)
+
+    # --- running --------------------------------------------------------------------------
+    @abstractmethod
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits the model reports for a preprocessed batch (B x classes).
+
+        For models with a distillation head this is the mean of both heads, as the models
+        themselves report in eval mode.
+        """
+
+    @abstractmethod
+    @contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Switch to an attention path that materialises probabilities; restore on exit."""
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`~xvit.InvalidInputError` when the batch cannot go through the model."""
+        geo = self.geometry
+        if x.dim() != 4:
+            raise InvalidInputError(
+                f"expected a batch of images B x {geo.in_chans} x H x W, got a tensor of shape "
+                f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0) for one image"
+            )
+        if x.shape[0] == 0:
+            raise InvalidInputError("the batch is empty: pass at least one image")
+        if x.shape[1] != geo.in_chans:
+            raise InvalidInputError(
+                f"the model takes {geo.in_chans}-channel images, got {x.shape[1]} channels "
+                f"(shape {tuple(x.shape)}); tensors must be B x C x H x W"
+            )
+        h, w = int(x.shape[2]), int(x.shape[3])
+        ph, pw = geo.patch_size
+        if geo.dynamic_size:
+            if h % ph or w % pw:
+                raise InvalidInputError(
+                    f"input size {h}x{w} is not a multiple of the patch size {ph}x{pw}; "
+                    f"resize or pad the image to a multiple of it"
+                )
+        elif (h, w) != geo.image_size:
+            raise InvalidInputError(
+                f"the model takes {geo.image_size[0]}x{geo.image_size[1]} inputs, got {h}x{w}; "
+                f"pass raw images (paths, PIL, arrays) to have xvit resize them, or resize the "
+                f"tensor to {geo.image_size[0]}x{geo.image_size[1]}"
+            )
+        if x.is_floating_point() is False:
+            raise InvalidInputError(
+                f"expected a floating-point, preprocessed tensor, got dtype {x.dtype}; pass raw "
+                f"images (paths, PIL, uint8 arrays) to have xvit preprocess them"
+            )

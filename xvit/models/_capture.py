@@ -1,0 +1,195 @@
+"""The one hook layer: capture q/k/v projections, attention probabilities and named layers.
+
+Hooks exist only inside a ``with Capture(...)`` block: they are registered on entry and
+removed in ``finally``. Gradients are taken with :func:`torch.autograd.grad`, so parameter
+``.grad`` fields are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .._errors import CaptureError
+
+if TYPE_CHECKING:
+    from ._base import ModelAdapter
+
+QKV = ("q", "k", "v")
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise CaptureError(f"expected a tensor output, got {type(output).__name__}")
+
+
+class Capture:
+    """Records tensors produced during forwards run inside the ``with`` block.
+
+    Args:
+        adapter: The model adapter whose capture points are used.
+        qkv: Record every block's q, k and v projection outputs.
+        attention: Record every block's attention probabilities (the caller must run the
+            forward under ``adapter.eager_attention()``).
+        layers: Extra modules whose (first) output is recorded, by name.
+
+    After a forward, :meth:`qkv` returns lists (one B x N x D tensor per block) and
+    :meth:`grads` differentiates a scalar with respect to any recorded tensors.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        *,
+        qkv: bool = False,
+        attention: bool = False,
+        layers: Mapping[str, nn.Module] | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.want_qkv = qkv
+        self.want_attention = attention
+        self.layer_modules = dict(layers or {})
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._qkv_raw: list[list[torch.Tensor | None]] = []
+        self._attn: list[torch.Tensor | None] = []
+        self._layers: dict[str, torch.Tensor | None] = {}
+
+    # --- context --------------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        try:
+            blocks = self.adapter.blocks()
+            if self.want_qkv:
+                self._qkv_raw = [[None] * len(b.qkv.modules) for b in blocks]
+                for i, block in enumerate(blocks):
+                    for j, module in enumerate(block.qkv.modules):
+                        self._hook(module, self._store_qkv(i, j))
+            if self.want_attention:
+                self._attn = [None] * len(blocks)
+                for i, block in enumerate(blocks):
+                    self._hook(block.attention.module, self._store_attention(i, block.attention))
+            for name, module in self.layer_modules.items():
+                self._layers[name] = None
+                self._hook(module, self._store_layer(name))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook this capture registered (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _hook(self, module: nn.Module, fn: Any) -> None:
+        self._handles.append(module.register_forward_hook(fn))
+
+    def _store_qkv(self, i: int, j: int) -> Any:
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            self._qkv_raw[i][j] = _first_tensor(out)
+
+        return hook
+
+    def _store_attention(self, i: int, source: Any) -> Any:
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            self._attn[i] = source.extract(out)
+
+        return hook
+
+    def _store_layer(self, name: str) -> Any:
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            self._layers[name] = _first_tensor(out)
+
+        return hook
+
+    # --- results --------------------------------------------------------------------------
+    def raw_qkv(self) -> list[torch.Tensor]:
+        """The recorded projection outputs as the modules produced them (fused or not)."""
+        flat: list[torch.Tensor] = []
+        for i, outs in enumerate(self._qkv_raw):
+            for t in outs:
+                if t is None:
+                    raise CaptureError(
+                        f"no q/k/v projection output was recorded for block {i}: the model's "
+                        f"structure does not match its {type(self.adapter).__name__} (was the "
+                        f"block replaced or its forward changed?)"
+                    )
+                flat.append(t)
+        if not flat:
+            raise CaptureError("no q/k/v projection outputs recorded: run a forward first")
+        return flat
+
+    def _split(self, flat: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in QKV}
+        pos = 0
+        for block in self.adapter.blocks():
+            d = block.qkv.hidden_size
+            if block.qkv.fused:
+                t = flat[pos]
+                pos += 1
+                if t.shape[-1] != 3 * d:
+                    raise CaptureError(
+                        f"fused qkv output has {t.shape[-1]} channels, expected 3 x {d}"
+                    )
+                for n, name in enumerate(QKV):
+                    out[name].append(t[..., n * d : (n + 1) * d])
+            else:
+                for name in QKV:
+                    out[name].append(flat[pos])
+                    pos += 1
+        return out
+
+    def qkv(self) -> dict[str, list[torch.Tensor]]:
+        """{"q": [...], "k": [...], "v": [...]}, one B x N x D tensor per block."""
+        return self._split(self.raw_qkv())
+
+    def qkv_grads(self, score: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Gradients of the scalar ``score`` with respect to every q, k and v output."""
+        raw = self.raw_qkv()
+        return self._split(self.grads(score, raw))
+
+    def attentions(self) -> list[torch.Tensor]:
+        """Attention probabilities, one B x heads x N x N tensor per block."""
+        out: list[torch.Tensor] = []
+        for i, a in enumerate(self._attn):
+            if a is None:
+                raise CaptureError(
+                    f"no attention probabilities were recorded for block {i}: the block ran a "
+                    f"fused attention path or its structure was modified"
+                )
+            out.append(a)
+        if not out:
+            raise CaptureError("no attention probabilities recorded: run a forward first")
+        return out
+
+    def layer(self, name: str) -> torch.Tensor:
+        """The recorded output of the named extra layer."""
+        t = self._layers.get(name)
+        if t is None:
+            raise CaptureError(
+                f"layer {name!r} recorded nothing during the forward: is it part of the model "
+                f"and on the path to the logits?"
+            )
+        return t
+
+    @staticmethod
+    def grads(score: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """d score / d tensor for each tensor; zeros where the score does not depend on it."""
+        if not score.requires_grad:
+            raise CaptureError("the score does not depend on the captured tensors")
+        grads = torch.autograd.grad(score, list(tensors), allow_unused=True)
+        return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]

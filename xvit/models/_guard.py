@@ -1,0 +1,57 @@
+"""Leave the user's model exactly as it was: mode, flags, requires_grad, .grad, hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+)
+
+
+def hook_counts(model: nn.Module) -> dict[str, int]:
+    """Number of hooks of each kind on every submodule (for checks and tests)."""
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        for attr in _HOOK_DICTS:
+            hooks = getattr(module, attr, None)
+            if hooks:
+                counts[f"{name or '<root>'}.{attr}"] = len(hooks)
+    return counts
+
+
+@contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block; restore every module's mode and every
+    parameter's ``requires_grad`` and ``.grad`` afterwards, also when the block raises.
+
+    Example:
+        >>> from torch import nn
+        >>> m = nn.Linear(2, 2).train()
+        >>> with preserved_state(m):
+        ...     m.training
+        False
+        >>> m.training
+        True
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        for param, requires_grad, grad in params:
+            if param.requires_grad != requires_grad:
+                param.requires_grad_(requires_grad)
+            if param.grad is not grad:
+                param.grad = grad

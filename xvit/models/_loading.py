@@ -1,0 +1,218 @@
+"""Load models by name: ``timm:<name>``, ``hf:<repo id>``, aliases, local checkpoints.
+
+Real loading code stays for users (``pretrained=True``, ``from_pretrained``); when the hub
+cannot be reached the error says so in one line and names an offline choice.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._errors import ModelLoadError, UnknownNameError
+from .._registry import Registry
+from ._preprocessing import Preprocessing
+
+_PREPROCESSING: weakref.WeakKeyDictionary[nn.Module, Preprocessing] = weakref.WeakKeyDictionary()
+
+#: Model aliases: short name -> full model spec (``timm:...``, ``hf:...``, a file path).
+model_aliases: Registry[str] = Registry("model alias")
+model_aliases.register("vit", "hf:google/vit-base-patch16-224")
+model_aliases.register("deit", "hf:facebook/deit-base-distilled-patch16-224")
+
+OFFLINE_HINT = (
+    "offline choices: a shipped model such as 'xvit:digits-vit', a local checkpoint path, or a "
+    "model object you built yourself"
+)
+
+
+def attach_preprocessing(model: nn.Module, preprocessing: Preprocessing) -> None:
+    """Remember the preprocessing a loaded model was trained with (used by its adapter)."""
+    _PREPROCESSING[model] = preprocessing
+
+
+def attached_preprocessing(model: nn.Module) -> Preprocessing | None:
+    """The preprocessing attached by :func:`attach_preprocessing`, if any."""
+    return _PREPROCESSING.get(model)
+
+
+def _hub_error(spec: str, exc: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load {spec!r}: the model hub is unreachable or the name is wrong "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {OFFLINE_HINT}"
+    )
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model from a spec string and put it in eval mode on ``device``.
+
+    Args:
+        spec: ``timm:<name>`` (pretrained weights from the hub), ``hf:<repo id>``, an alias
+            (``vit``, ``deit``, ``xvit:digits-vit``, ...), a directory saved with
+            ``save_pretrained``, or a ``.safetensors`` file written by :func:`save_checkpoint`.
+        device: Where to put the model.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        ModelLoadError: The model could not be loaded (unreachable hub, unreadable file).
+        UnknownNameError: The spec is not a known form or alias.
+    """
+    seen: set[str] = set()
+    while spec in model_aliases and spec not in seen:
+        seen.add(spec)
+        spec = model_aliases.get(spec)
+    if spec.startswith("timm:"):
+        model = _load_timm(spec[5:])
+    elif spec.startswith("hf:"):
+        model = _load_hf(spec[3:])
+    elif Path(spec).exists():
+        model = _load_path(Path(spec))
+    else:
+        known = ", ".join(model_aliases.names())
+        raise UnknownNameError(
+            f"unknown model {spec!r}: use timm:<name>, hf:<repo id>, a local checkpoint path, "
+            f"or one of the aliases: {known}"
+        )
+    return model.to(device).eval()
+
+
+def _load_timm(name: str) -> nn.Module:
+    import timm
+
+    if not timm.list_models(name) and not timm.list_models(name.split(".")[0]):
+        raise UnknownNameError(f"timm has no model named {name!r}; see timm.list_models('vit_*')")
+    try:
+        return timm.create_model(name, pretrained=True)
+    except Exception as exc:
+        raise _hub_error(f"timm:{name}", exc) from None
+
+
+def _load_hf(repo: str) -> nn.Module:
+    from transformers import AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(repo)
+    except Exception as exc:
+        raise _hub_error(f"hf:{repo}", exc) from None
+    prep = _hf_processor_preprocessing(repo, model)
+    if prep is not None:
+        attach_preprocessing(model, prep)
+    return model
+
+
+def _hf_processor_preprocessing(repo: str, model: nn.Module) -> Preprocessing | None:
+    """Read the image processor's config (size, crop, mean, std, resample) when present."""
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(repo)
+    except Exception:
+        return None
+    return preprocessing_from_hf_processor(proc)
+
+
+def preprocessing_from_hf_processor(proc: Any) -> Preprocessing:
+    """Translate an HF image processor's settings into :class:`Preprocessing`."""
+    crop = getattr(proc, "crop_size", None)
+    size = getattr(proc, "size", None) or {}
+
+    def hw(d: Any) -> tuple[int, int] | None:
+        if isinstance(d, dict) and "height" in d:
+            return int(d["height"]), int(d["width"])
+        if isinstance(d, dict) and "shortest_edge" in d:
+            return int(d["shortest_edge"]), int(d["shortest_edge"])
+        return None
+
+    resample = getattr(proc, "resample", 2)
+    names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+    interp = names.get(int(getattr(resample, "value", resample)), "bilinear")
+    mean = tuple(float(m) for m in getattr(proc, "image_mean", (0.5, 0.5, 0.5)))
+    std = tuple(float(s) for s in getattr(proc, "image_std", (0.5, 0.5, 0.5)))
+    resize_hw = hw(size)
+    if getattr(proc, "do_center_crop", False) and crop is not None and hw(crop) is not None:
+        target = hw(crop)
+        assert target is not None
+        pct = target[0] / resize_hw[0] if resize_hw else 1.0
+        return Preprocessing(target, mean, std, interp, crop_pct=pct)
+    return Preprocessing(resize_hw or (224, 224), mean, std, interp, squash=True)
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    timm_name: str,
+    model_kwargs: dict[str, Any],
+    preprocessing: Preprocessing,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Save a timm model as ``.safetensors`` with what is needed to rebuild it."""
+    from safetensors.torch import save_file
+
+    meta = {
+        "xvit_format": "timm",
+        "timm_name": timm_name,
+        "model_kwargs": json.dumps(model_kwargs),
+        "preprocessing": json.dumps(asdict(preprocessing)),
+        **(extra or {}),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=meta)
+
+
+def _load_path(path: Path) -> nn.Module:
+    if path.is_dir():
+        from transformers import AutoModelForImageClassification
+
+        try:
+            model = AutoModelForImageClassification.from_pretrained(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"could not load the HF model saved in {path}: {exc}") from None
+        prep = _hf_processor_preprocessing(str(path), model)
+        if prep is not None:
+            attach_preprocessing(model, prep)
+        return model
+    if path.suffix != ".safetensors":
+        raise ModelLoadError(
+            f"cannot load {path}: xvit reads .safetensors files written by "
+            f"xvit.save_checkpoint and folders written by save_pretrained (it never unpickles "
+            f"files); convert a .pth with timm and save it with xvit.save_checkpoint"
+        )
+    return load_checkpoint(path)
+
+
+def load_checkpoint(path: str | Path) -> nn.Module:
+    """Rebuild a timm model saved by :func:`save_checkpoint` (safetensors, no pickle)."""
+    import timm
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from None
+    if meta.get("xvit_format") != "timm":
+        raise ModelLoadError(
+            f"{path} has no xvit metadata (timm_name, model_kwargs); save it with "
+            f"xvit.save_checkpoint"
+        )
+    kwargs = json.loads(meta["model_kwargs"])
+    model = timm.create_model(meta["timm_name"], pretrained=False, **kwargs)
+    model.load_state_dict(state)
+    prep = json.loads(meta["preprocessing"])
+    prep["size"] = tuple(prep["size"])
+    prep["mean"] = tuple(prep["mean"])
+    prep["std"] = tuple(prep["std"])
+    attach_preprocessing(model, Preprocessing(**prep))
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta}
+    return model

@@ -1,0 +1,187 @@
+"""Adapter for HuggingFace ViT and DeiT image classifiers (transformers 4.x and 5.x layouts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._errors import UnsupportedModelError
+from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource
+from ._preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+SUPPORTED = (
+    "ViTForImageClassification",
+    "DeiTForImageClassification",
+    "DeiTForImageClassificationWithTeacher",
+)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _second_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, (tuple, list)) and len(output) > 1:
+        t = output[1]
+        if isinstance(t, torch.Tensor) and t.dim() == 4:
+            return t
+    return None
+
+
+class HFViTAdapter(ModelAdapter):
+    """HuggingFace ``ViTForImageClassification``, ``DeiTForImageClassification`` and
+    ``DeiTForImageClassificationWithTeacher``.
+
+    Both module layouts are read: transformers 5.x (``layers[i].attention.q_proj``) and 4.x
+    (``encoder.layer[i].attention.attention.query``). Attention probabilities come from the
+    eager attention path, switched on through ``config._attn_implementation`` for the call.
+    """
+
+    framework = "transformers"
+    description = (
+        "HuggingFace ViTForImageClassification, DeiTForImageClassification, "
+        "DeiTForImageClassificationWithTeacher (transformers 4.x and 5.x)"
+    )
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self._output_attentions = False
+        self._layers = self._find_layers()
+        for i, layer in enumerate(self._layers):
+            if self._projections(layer) is None:
+                raise UnsupportedModelError(
+                    f"layer {i} of this {type(model).__name__} has no query/key/value (4.x) or "
+                    f"q_proj/k_proj/v_proj (5.x) projections; its structure was modified"
+                )
+
+    @classmethod
+    def matches(cls, model: object) -> bool:
+        return any(
+            c.__name__ in SUPPORTED and c.__module__.startswith("transformers.")
+            for c in type(model).__mro__
+        )
+
+    # --- structure ------------------------------------------------------------------------
+    @property
+    def backbone(self) -> nn.Module:
+        for name in ("vit", "deit"):
+            sub = getattr(self.model, name, None)
+            if isinstance(sub, nn.Module):
+                return sub
+        raise UnsupportedModelError(f"{type(self.model).__name__} has no vit/deit backbone")
+
+    def _find_layers(self) -> list[nn.Module]:
+        bb = self.backbone
+        layers = getattr(bb, "layers", None)
+        if layers is None:
+            encoder = getattr(bb, "encoder", None)
+            layers = getattr(encoder, "layer", None)
+        if layers is None or len(layers) == 0:
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} has no encoder layers (looked for .layers and "
+                f".encoder.layer)"
+            )
+        return list(layers)
+
+    @staticmethod
+    def _projections(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module] | None:
+        """(q, k, v, module returning attention probabilities) of one layer."""
+        attn = getattr(layer, "attention", None)
+        if attn is None:
+            return None
+        if all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")):
+            return attn.q_proj, attn.k_proj, attn.v_proj, attn
+        inner = getattr(attn, "attention", None)
+        if inner is not None and all(
+            isinstance(getattr(inner, n, None), nn.Linear) for n in ("query", "key", "value")
+        ):
+            return inner.query, inner.key, inner.value, inner
+        return None
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def geometry(self) -> Geometry:
+        c = self.config
+        prefix = 2 if getattr(self.backbone.embeddings, "distillation_token", None) is not None else 1
+        return Geometry(
+            num_blocks=len(self._layers),
+            num_heads=int(c.num_attention_heads),
+            hidden_size=int(c.hidden_size),
+            num_prefix_tokens=prefix,
+            patch_size=_pair(c.patch_size),
+            image_size=_pair(c.image_size),
+            in_chans=int(getattr(c, "num_channels", 3)),
+            dynamic_size=False,
+        )
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        from ._loading import attached_preprocessing
+
+        attached = attached_preprocessing(self.model)
+        if attached is not None:
+            return attached
+        size = self.geometry.image_size
+        if "DeiT" in type(self.model).__name__:
+            # DeiTImageProcessor: resize 256, centre-crop 224, bicubic, ImageNet statistics
+            return Preprocessing(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic", crop_pct=0.875)
+        # ViTImageProcessor: resize straight to the model size, bilinear, mean = std = 0.5
+        return Preprocessing(size, HALF, HALF, "bilinear", squash=True)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.num_labels)
+
+    def class_name(self, index: int) -> str:
+        labels = getattr(self.config, "id2label", None) or {}
+        return str(labels.get(index, labels.get(str(index), index)))
+
+    def blocks(self) -> list[BlockSources]:
+        out = []
+        for layer in self._layers:
+            found = self._projections(layer)
+            assert found is not None
+            q, k, v, attn_module = found
+            out.append(
+                BlockSources(
+                    qkv=QKVSource(modules=(q, k, v), hidden_size=int(q.out_features)),  # type: ignore[arg-type]
+                    attention=AttentionSource(module=attn_module, extract=_second_tensor),
+                    norm1=layer.layernorm_before,  # type: ignore[arg-type]
+                )
+            )
+        return out
+
+    # --- running --------------------------------------------------------------------------
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self._output_attentions:
+            out = self.model(pixel_values=x, output_attentions=True)
+        else:
+            out = self.model(pixel_values=x)
+        return out.logits
+
+    @contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        configs = {id(self.config): self.config}
+        for module in self.model.modules():
+            cfg = getattr(module, "config", None)
+            if cfg is not None and hasattr(cfg, "_attn_implementation"):
+                configs[id(cfg)] = cfg
+        saved = [(cfg, cfg._attn_implementation) for cfg in configs.values()]
+        self._output_attentions = True
+        try:
+            for cfg, _ in saved:
+                cfg._attn_implementation = "eager"
+            yield
+        finally:
+            self._output_attentions = False
+            for cfg, impl in saved:
+                cfg._attn_implementation = impl
