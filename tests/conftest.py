@@ -1,0 +1,97 @@
+"""Tiny models built from configs (random weights, no downloads), shared by all tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+NUM_CLASSES = 5
+HIDDEN = 32
+DEPTH = 3
+HEADS = 2
+
+
+def _timm(name: str, **kw) -> nn.Module:
+    base = dict(
+        pretrained=False,
+        num_classes=NUM_CLASSES,
+        embed_dim=HIDDEN,
+        depth=DEPTH,
+        num_heads=HEADS,
+        img_size=32,
+        patch_size=8,
+    )
+    base.update(kw)
+    torch.manual_seed(0)
+    return timm.create_model(name, **base).eval()
+
+
+def _hf(kind: str) -> nn.Module:
+    from transformers import (
+        DeiTConfig,
+        DeiTForImageClassification,
+        DeiTForImageClassificationWithTeacher,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    kw = dict(
+        hidden_size=HIDDEN,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=4 * HIDDEN,
+        image_size=32,
+        patch_size=8,
+        num_labels=NUM_CLASSES,
+        layer_norm_eps=1e-6,
+    )
+    torch.manual_seed(0)
+    if kind == "vit":
+        return ViTForImageClassification(ViTConfig(**kw)).eval()
+    if kind == "deit":
+        return DeiTForImageClassification(DeiTConfig(**kw)).eval()
+    return DeiTForImageClassificationWithTeacher(DeiTConfig(**kw)).eval()
+
+
+#: name -> factory of a tiny model; every adapter and token layout is represented.
+MODEL_FACTORIES: dict[str, Callable[[], nn.Module]] = {
+    "timm-vit": lambda: _timm("vit_tiny_patch16_224"),
+    "timm-vit-rect": lambda: _timm("vit_tiny_patch16_224", img_size=(24, 40)),
+    "timm-deit-distilled": lambda: _timm("deit_tiny_distilled_patch16_224"),
+    "timm-vit-registers": lambda: _timm("vit_tiny_patch16_224", reg_tokens=3),
+    "timm-vit-avgpool": lambda: _timm(
+        "vit_tiny_patch16_224", global_pool="avg", class_token=False, fc_norm=True
+    ),
+    "hf-vit": lambda: _hf("vit"),
+    "hf-deit": lambda: _hf("deit"),
+    "hf-deit-teacher": lambda: _hf("teacher"),
+}
+
+
+def model_input(model: nn.Module, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """A random preprocessed batch of the model's input size."""
+    import xvit
+
+    geo = xvit.get_adapter(model).geometry
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, geo.in_chans, *geo.image_size, generator=g)
+
+
+@pytest.fixture(params=sorted(MODEL_FACTORIES))
+def any_model(request: pytest.FixtureRequest) -> nn.Module:
+    """Each tiny model in turn."""
+    return MODEL_FACTORIES[request.param]()
+
+
+@pytest.fixture
+def timm_vit() -> nn.Module:
+    return MODEL_FACTORIES["timm-vit"]()
+
+
+@pytest.fixture
+def hf_vit() -> nn.Module:
+    return MODEL_FACTORIES["hf-vit"]()
