@@ -30,7 +30,9 @@ def load_image(path: str | Path) -> Any:
             f"{p} is not an image PIL can read; pass a PNG, JPEG or other image file"
         ) from None
     except OSError as exc:
-        raise InvalidInputError(f"could not read image {p} ({exc}); is the file truncated?") from None
+        raise InvalidInputError(
+            f"could not read image {p} ({exc}); is the file truncated?"
+        ) from None
 
 
 def to_rgb(img: Any) -> Any:
@@ -63,7 +65,7 @@ def array_to_image(arr: np.ndarray) -> Any:
     if arr.dtype == np.uint16:
         arr = (arr.astype(np.float64) / 65535.0 * 255.0).round().astype(np.uint8)
     elif arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and 0 <= arr.min() and arr.max() <= 1:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.min() >= 0 and arr.max() <= 1:
             arr = (arr * 255.0).round().astype(np.uint8)
         else:
             raise InvalidInputError(
@@ -116,9 +118,7 @@ def as_image(item: Any) -> Any:
     )
 
 
-def resolve_targets(
-    target: Any, logits: torch.Tensor, num_classes: int
-) -> torch.Tensor:
+def resolve_targets(target: Any, logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B,) long targets: None -> predicted class; an int for all; or one per image."""
     b = logits.shape[0]
     if target is None:

@@ -30,6 +30,7 @@ class Explainer(ABC):
         needs_gradients: Whether it backpropagates through the model.
         needs_attention: Whether it reads attention probabilities.
         randomized: Whether it draws random numbers (then it takes a ``seed``).
+        quick_params: Parameters for a cheap but valid run (used by smoke tests and demos).
     """
 
     name: ClassVar[str] = ""
@@ -39,6 +40,7 @@ class Explainer(ABC):
     needs_gradients: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
+    quick_params: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def param_names(cls) -> list[str]:

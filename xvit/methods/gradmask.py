@@ -72,7 +72,10 @@ class GradMask(Explainer):
 
     name = "gradmask"
     summary = "gradients of q/k/v become binary patch masks, weighted by the model's confidence"
-    paper = "Marchetti et al., Integrating Gradient and Mask-based Approaches for ViT Explainability, IJCNN 2025"
+    paper = (
+        "Marchetti et al., Integrating Gradient and Mask-based Approaches for Vision "
+        "Transformer Explainability, IJCNN 2025"
+    )
     family = "gradient+mask"
     needs_gradients = True
 

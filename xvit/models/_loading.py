@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,52 @@ def attached_preprocessing(model: nn.Module) -> Preprocessing | None:
     return _PREPROCESSING.get(model)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HuggingFace hub endpoint answers a TCP connection within ``timeout``."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        if getattr(constants, "HF_HUB_OFFLINE", False):
+            return False
+        endpoint = getattr(constants, "ENDPOINT", "https://huggingface.co")
+    except ImportError:
+        return False
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _offline_unless_reachable() -> Iterator[None]:
+    """Use only the local cache when the hub cannot be reached, instead of retrying for
+    a minute: a cached model still loads, an uncached one fails at once."""
+    if hub_reachable():
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def _hub_error(spec: str, exc: BaseException) -> ModelLoadError:
-    return ModelLoadError(
-        f"could not load {spec!r}: the model hub is unreachable or the name is wrong "
-        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {OFFLINE_HINT}"
-    )
+    if not hub_reachable():
+        reason = "the model hub is unreachable and the model is not in the local cache"
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        reason = f"the hub refused it ({type(exc).__name__}: {first})"
+    return ModelLoadError(f"could not load {spec!r}: {reason}; {OFFLINE_HINT}")
 
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
@@ -90,7 +133,8 @@ def _load_timm(name: str) -> nn.Module:
     if not timm.list_models(name) and not timm.list_models(name.split(".")[0]):
         raise UnknownNameError(f"timm has no model named {name!r}; see timm.list_models('vit_*')")
     try:
-        return timm.create_model(name, pretrained=True)
+        with _offline_unless_reachable():
+            return timm.create_model(name, pretrained=True)
     except Exception as exc:
         raise _hub_error(f"timm:{name}", exc) from None
 
@@ -99,7 +143,8 @@ def _load_hf(repo: str) -> nn.Module:
     from transformers import AutoModelForImageClassification
 
     try:
-        model = AutoModelForImageClassification.from_pretrained(repo)
+        with _offline_unless_reachable():
+            model = AutoModelForImageClassification.from_pretrained(repo)
     except Exception as exc:
         raise _hub_error(f"hf:{repo}", exc) from None
     prep = _hf_processor_preprocessing(repo, model)
@@ -113,7 +158,8 @@ def _hf_processor_preprocessing(repo: str, model: nn.Module) -> Preprocessing | 
     try:
         from transformers import AutoImageProcessor
 
-        proc = AutoImageProcessor.from_pretrained(repo)
+        with _offline_unless_reachable():
+            proc = AutoImageProcessor.from_pretrained(repo)
     except Exception:
         return None
     return preprocessing_from_hf_processor(proc)
@@ -214,5 +260,5 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     prep["mean"] = tuple(prep["mean"])
     prep["std"] = tuple(prep["std"])
     attach_preprocessing(model, Preprocessing(**prep))
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta}
+    setattr(model, "pretrained_cfg", {**getattr(model, "pretrained_cfg", {}), **meta})  # noqa: B010
     return model

@@ -89,13 +89,20 @@ class HFViTAdapter(ModelAdapter):
             )
         return list(layers)
 
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The encoder layers, first to last (``layers`` in 5.x, ``encoder.layer`` in 4.x)."""
+        return list(self._layers)
+
     @staticmethod
     def _projections(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module] | None:
         """(q, k, v, module returning attention probabilities) of one layer."""
         attn = getattr(layer, "attention", None)
         if attn is None:
             return None
-        if all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")):
+        if all(
+            isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")
+        ):
             return attn.q_proj, attn.k_proj, attn.v_proj, attn
         inner = getattr(attn, "attention", None)
         if inner is not None and all(
@@ -111,7 +118,9 @@ class HFViTAdapter(ModelAdapter):
     @property
     def geometry(self) -> Geometry:
         c = self.config
-        prefix = 2 if getattr(self.backbone.embeddings, "distillation_token", None) is not None else 1
+        prefix = (
+            2 if getattr(self.backbone.embeddings, "distillation_token", None) is not None else 1
+        )
         return Geometry(
             num_blocks=len(self._layers),
             num_heads=int(c.num_attention_heads),

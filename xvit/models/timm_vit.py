@@ -61,7 +61,7 @@ class TimmViTAdapter(ModelAdapter):
         return _is_timm_vit(model)
 
     @property
-    def _attns(self) -> list[nn.Module]:
+    def _attns(self) -> list[Any]:
         return [block.attn for block in self.model.blocks]  # type: ignore[union-attr]
 
     @property
@@ -123,7 +123,7 @@ class TimmViTAdapter(ModelAdapter):
 
     @contextmanager
     def eager_attention(self) -> Iterator[None]:
-        saved = [(a, a.__dict__.get("fused_attn", getattr(a, "fused_attn", False))) for a in self._attns]
+        saved = [(a, bool(getattr(a, "fused_attn", False))) for a in self._attns]
         try:
             for attn, _ in saved:
                 attn.fused_attn = False

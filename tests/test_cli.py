@@ -1,0 +1,117 @@
+"""The command line: list, explain, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import MODEL_FACTORIES
+from PIL import Image
+
+import xvit
+from xvit.cli import main
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    model = MODEL_FACTORIES["timm-vit"]()
+    path = tmp_path / "tiny.safetensors"
+    kwargs = dict(num_classes=5, embed_dim=32, depth=3, num_heads=2, img_size=32, patch_size=8)
+    xvit.save_checkpoint(
+        model,
+        path,
+        timm_name="vit_tiny_patch16_224",
+        model_kwargs=kwargs,
+        preprocessing=xvit.Preprocessing(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
+    )
+    return path
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "cat.png"
+    Image.fromarray((np.random.default_rng(1).random((48, 40, 3)) * 255).astype(np.uint8)).save(
+        path
+    )
+    return path
+
+
+def test_checkpoint_round_trip(checkpoint: Path) -> None:
+    import torch
+
+    original = MODEL_FACTORIES["timm-vit"]()
+    loaded = xvit.load_model(str(checkpoint))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), original(x))
+    assert xvit.get_adapter(loaded).preprocessing.mean == (0.5, 0.5, 0.5)
+
+
+def test_list_shows_methods_and_papers() -> None:
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0
+    for name in xvit.list_methods():
+        assert name in result.output
+        assert xvit.get_method(name).paper.split(",")[0] in result.output
+
+
+def test_explain_writes_overlays(checkpoint: Path, image: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        [
+            "explain",
+            str(image),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--target",
+            "2",
+            "-p",
+            "masks_per_layer=2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "class 2" in result.output
+    png = out / "cat_gradmask.png"
+    assert png.exists()
+    with Image.open(png) as img:
+        assert img.size[0] > 200
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["explain", "missing.png"],
+        ["explain", "{image}", "--model", "no-such-model"],
+        ["explain", "{image}", "--model", "{ckpt}", "--method", "nope"],
+        ["explain", "{image}", "--model", "{ckpt}", "--target", "99"],
+        ["explain", "{image}", "--model", "{ckpt}", "-p", "masks_per_layer=3"],
+        ["explain", "{image}", "--model", "{ckpt}", "-p", "bogus=1"],
+        ["explain", "{image}", "--model", "{ckpt}", "--device", "cuda:7"],
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, image: Path, checkpoint: Path) -> None:
+    argv = [a.format(image=image, ckpt=checkpoint) for a in args]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+
+
+def test_crash_inside_method_is_short_unless_debug(image: Path, checkpoint: Path, monkeypatch):
+    from xvit.methods.gradmask import GradMask
+
+    def boom(*_a, **_k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(GradMask, "attribute", boom)
+    result = CliRunner().invoke(main, ["explain", str(image), "--model", str(checkpoint)])
+    assert result.exit_code == 1
+    assert "kaboom" in result.stderr and "Traceback" not in result.stderr
+    result = CliRunner().invoke(
+        main, ["--debug", "explain", str(image), "--model", str(checkpoint)]
+    )
+    assert result.exit_code == 1 and "Traceback" in result.stderr

@@ -1,0 +1,117 @@
+"""Method registry: lookups, wildcards, errors, and plugins through real entry points."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import xvit
+from xvit._registry import Registry
+from xvit.cli import main
+
+
+def test_lookup_by_name_and_class() -> None:
+    cls = xvit.get_method("gradmask")
+    assert xvit.get_method(cls) is cls
+    assert "gradmask" in xvit.list_methods()
+    assert xvit.list_methods("grad*") == [n for n in xvit.list_methods() if n.startswith("grad")]
+    assert xvit.list_methods("zzz*") == []
+
+
+def test_unknown_name_lists_known_names() -> None:
+    with pytest.raises(xvit.UnknownNameError) as info:
+        xvit.get_method("gradmsk")
+    msg = str(info.value)
+    for name in xvit.list_methods():
+        assert name in msg
+
+
+def test_double_registration_warns() -> None:
+    reg: Registry[int] = Registry("thing")
+    reg.register("a", 1)
+    with pytest.warns(UserWarning, match="registered twice"):
+        reg.register("a", 2)
+    assert reg.get("a") == 2
+
+
+def test_unknown_parameter_names_the_accepted_ones() -> None:
+    with pytest.raises(xvit.ParameterError, match="masks_per_layer"):
+        xvit.make_explainer("gradmask", mask_per_layer=4)
+
+
+def _write_plugin(root: Path, dist: str, module: str, source: str, entry: str) -> None:
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[xvit.methods]\n{entry}\n")
+
+
+@pytest.fixture
+def plugin_path(tmp_path: Path):
+    """Two installed-looking distributions: a working plugin and a broken one."""
+    _write_plugin(
+        tmp_path,
+        "xvit_centre_plugin",
+        "xvit_centre_plugin",
+        """
+        import torch
+        import xvit
+
+        class Centre(xvit.Explainer):
+            name = "centre"
+            summary = "a test plugin: distance to the image centre"
+            def __init__(self, *, power: float = 1.0):
+                self.power = power
+            def attribute(self, adapter, inputs, target):
+                gh, gw = adapter.geometry.grid(*inputs.shape[-2:])
+                yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+                d = ((yy - (gh - 1) / 2) ** 2 + (xx - (gw - 1) / 2) ** 2).float()
+                m = (-(d ** self.power)).to(inputs.device)
+                return m.expand(len(inputs), gh, gw).clone()
+        """,
+        "centre = xvit_centre_plugin:Centre",
+    )
+    _write_plugin(
+        tmp_path,
+        "xvit_broken_plugin",
+        "xvit_broken_plugin",
+        "raise ImportError('this plugin is broken on purpose')\n",
+        "broken = xvit_broken_plugin:Nothing",
+    )
+    sys.path.insert(0, str(tmp_path))
+    xvit.methods.refresh()
+    try:
+        yield tmp_path
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in ("xvit_centre_plugin", "xvit_broken_plugin"):
+            sys.modules.pop(name, None)
+        if "centre" in xvit.methods._entries:
+            xvit.methods.unregister("centre")
+        xvit.methods.refresh()
+
+
+def test_plugin_found_usable_and_broken_one_skipped(plugin_path: Path, timm_vit) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names = xvit.list_methods()
+    assert "centre" in names
+    assert "broken" not in names
+    assert any("broken" in str(w.message) for w in caught)
+
+    x = torch.randn(1, 3, 32, 32)
+    e = xvit.explain("centre", timm_vit, x, power=2.0)
+    assert e.map.shape == (1, 4, 4)
+    assert int(e.map[0].argmax()) in {5, 6, 9, 10}  # a centre patch of the 4 x 4 grid
+    assert e.params == {"power": 2.0}
+
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0
+    assert "centre" in result.output and "a test plugin" in result.output
