@@ -170,8 +170,15 @@ class HFViTAdapter(ModelAdapter):
         return out
 
     # --- running --------------------------------------------------------------------------
+    @property
+    def legacy_layout(self) -> bool:
+        """True for the transformers 4.x module layout (``attention.attention.query``)."""
+        return not hasattr(self._layers[0].attention, "q_proj")
+
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self._output_attentions:
+        # 4.x returns attention probabilities only when asked; 5.x's eager path always
+        # returns them, and asking there would install output-recording hooks on the model
+        if self._output_attentions and self.legacy_layout:
             out = self.model(pixel_values=x, output_attentions=True)
         else:
             out = self.model(pixel_values=x)

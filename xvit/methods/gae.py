@@ -1,0 +1,83 @@
+"""Generic Attention-model Explainability (GAE): gradient-weighted attention relevance."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models._base import ModelAdapter
+from ..models._capture import Capture
+from ._base import Explainer
+from ._registration import register_method
+from .attention import patch_row, to_grid
+
+
+def attention_and_grads(
+    adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every block's attention probabilities and the gradient of the target logit w.r.t. them.
+
+    The score is the sum over the batch of each image's target logit (not its softmax), so
+    each image's gradients are its own. Both lists hold B x heads x N x N tensors, first block
+    first, detached and in float32.
+    """
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad(), adapter.eager_attention(), Capture(adapter, attention=True) as cap:
+        logits = adapter.forward_logits(x)
+        score = logits.gather(1, target.unsqueeze(1)).sum()
+        attentions = cap.attentions()
+        grads = cap.grads(score, attentions)
+    return [a.detach().float() for a in attentions], [g.detach().float() for g in grads]
+
+
+def relevance(attentions: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """The B x N x N relevance R: R = I, then R = R + mean_h(ReLU(dA * A)) @ R per block."""
+    b, _, n, _ = attentions[0].shape
+    r = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device).expand(b, n, n)
+    for a, g in zip(attentions, grads, strict=True):
+        weighted = (g * a).clamp_min(0).mean(dim=1)
+        r = r + weighted @ r
+    return r
+
+
+@register_method
+class GAE(Explainer):
+    """Generic Attention-model Explainability (Chefer, Gur, Wolf, ICCV 2021).
+
+    One forward and backward of the target class's logit (not the softmax; for a DeiT model
+    with a distillation head, the mean of both heads' logits as the model reports it) gives
+    every block's attention probabilities A_l (heads x N x N) and their gradients dA_l.
+    Starting from R = I (N x N), each block from the first to the last updates
+    R = R + Ā_l R with Ā_l = mean over heads of ReLU(dA_l ⊙ A_l). The map is the CLS row of R
+    (the first prefix token) over the patch tokens; other prefix tokens (distillation,
+    registers) take part in R and are dropped only there. A model without prefix tokens
+    (global average pooling) uses the mean of all rows of R instead of a CLS row. Rows of R
+    are not renormalised (the authors' ViT code does not either).
+
+    References:
+        H. Chefer, S. Gur, L. Wolf, "Generic Attention-model Explainability for Interpreting
+        Bi-Modal and Encoder-Decoder Transformers", ICCV 2021.
+
+    Example:
+        >>> import timm, torch, xvit
+        >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=2,
+        ...                       img_size=32, patch_size=8)
+        >>> xvit.explain("gae", m, torch.randn(2, 3, 32, 32), target=1).map.shape
+        torch.Size([2, 4, 4])
+    """
+
+    name = "gae"
+    summary = "attention weighted by its gradient (ReLU), accumulated through all blocks"
+    paper = "Chefer, Gur & Wolf, Generic Attention-model Explainability, ICCV 2021"
+    family = "attention+gradient"
+    needs_gradients = True
+    needs_attention = True
+
+    def __init__(self) -> None:
+        pass
+
+    def attribute(
+        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        attentions, grads = attention_and_grads(adapter, inputs, target)
+        r = relevance(attentions, grads)
+        return to_grid(patch_row(r, adapter.geometry.num_prefix_tokens), adapter, inputs)
