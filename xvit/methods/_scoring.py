@@ -4,15 +4,25 @@ GradMask, RISE and ViT-CX all forward masked (or perturbed) inputs and read the 
 probability. This module does that once: masks of all images are flattened into one list of
 (image, mask) pairs and scored in chunks of ``batch_size`` forwards, without a Python loop
 per mask, in ``torch.inference_mode``, on the model's device.
+
+Three entry points share one loop:
+
+- :func:`score_masks` with B x K or K x h x w masks: every image gets its own (or the same)
+  K masks; B x K probabilities come back.
+- :func:`score_masks` with ``owner``: a flat list of masks, each for one image, so images can
+  carry different numbers of masks (ViT-CX's clusters) without padding.
+- :func:`sum_weighted_masks`: a stream of shared mask chunks (RISE's thousands of random
+  masks), reduced on the fly to ``sum_k p_k * m_k`` so memory does not grow with the count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from .._errors import InvalidInputError
 from ..models._base import ModelAdapter
 
 Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,7 +52,9 @@ def resolve_batch_size(batch_size: int | str, adapter: ModelAdapter, per_item_by
     return 64
 
 
-def upsample_masks(masks: torch.Tensor, size: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
+def upsample_masks(
+    masks: torch.Tensor, size: tuple[int, int], mode: str = "nearest"
+) -> torch.Tensor:
     """(..., h, w) masks to (..., H, W); no copy when already at that size."""
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks
@@ -64,6 +76,7 @@ def score_masks(
     batch_size: int | str = 64,
     perturb: Perturb | None = None,
     upsample: str = "nearest",
+    owner: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Target-class probability of every masked copy of every image.
 
@@ -71,32 +84,150 @@ def score_masks(
         adapter: The model.
         inputs: B x C x H x W preprocessed images.
         target: (B,) target classes.
-        masks: B x K x h x w (one set per image) or K x h x w (shared by all images); upsampled
-            to H x W with ``upsample`` mode when smaller.
+        masks: B x K x h x w (one set per image) or K x h x w (shared by all images, or, with
+            ``owner``, one mask per entry of ``owner``); upsampled to H x W with ``upsample``
+            mode when smaller.
         batch_size: Masked images per forward, or "auto".
         perturb: How a mask is applied, ``(x, m, pair_index) -> x'`` on chunks; default
-            ``x * m`` (masked-out pixels become 0, the normalised mean colour).
+            ``x * m`` (masked-out pixels become 0, the normalised mean colour). ``pair_index``
+            is the position of each pair in the flattened list: ``image * K + mask`` for
+            B x K results, the mask's position in ``masks`` with ``owner``.
         upsample: Interpolation mode used to bring masks to the input size.
+        owner: Optional (K,) image index of each mask of a K x h x w ``masks``: mask k is
+            applied to image ``owner[k]`` only, so images may carry different numbers of masks.
 
     Returns:
-        B x K probabilities ``softmax(logits)[target]`` (float32).
+        B x K probabilities ``softmax(logits)[target]`` (float32); (K,) with ``owner``.
+
+    Example:
+        >>> import timm, torch, xvit
+        >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1,
+        ...                       img_size=32, patch_size=8).eval()
+        >>> a = xvit.get_adapter(m)
+        >>> x, t = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+        >>> score_masks(a, x, t, torch.ones(5, 4, 4)).shape
+        torch.Size([2, 5])
+        >>> score_masks(a, x, t, torch.ones(3, 4, 4), owner=torch.tensor([0, 0, 1])).shape
+        torch.Size([3])
     """
     b, c, h, w = inputs.shape
     masks = masks.to(inputs.device)
-    shared = masks.dim() == 3
-    k = masks.shape[0] if shared else masks.shape[1]
+    if owner is not None:
+        owner = _check_owner(owner, masks, b).to(inputs.device)
+        k = total = int(masks.shape[0])
+    else:
+        if masks.dim() not in (3, 4):
+            raise InvalidInputError(
+                f"masks must be K x h x w or B x K x h x w, got shape {tuple(masks.shape)}"
+            )
+        shared = masks.dim() == 3
+        k = int(masks.shape[0] if shared else masks.shape[1])
+        if not shared and masks.shape[0] != b:
+            raise InvalidInputError(
+                f"got mask sets for {masks.shape[0]} images but {b} images; pass B x K x h x w "
+                f"masks, K x h x w masks shared by all images, or an owner index"
+            )
+        total = b * k
     perturb = perturb or fill_perturb(0.0)
     chunk = resolve_batch_size(batch_size, adapter, c * h * w * inputs.element_size())
-    total = b * k
     out = torch.empty(total, dtype=torch.float32, device=inputs.device)
     with torch.inference_mode():
         for start in range(0, total, chunk):
             idx = torch.arange(start, min(start + chunk, total), device=inputs.device)
-            img, mask_i = idx // k, idx % k
-            m = masks[mask_i] if shared else masks[img, mask_i]
+            if owner is not None:
+                img, m = owner[idx], masks[idx]
+            else:
+                img, mask_i = idx // k, idx % k
+                m = masks[mask_i] if shared else masks[img, mask_i]
             m = upsample_masks(m.to(inputs.dtype), (h, w), upsample).unsqueeze(1)
             x = perturb(inputs[img], m, idx)
             logits = adapter.forward_logits(x)
             probs = logits.float().softmax(dim=-1)
             out[start : start + len(idx)] = probs.gather(1, target[img].unsqueeze(1)).squeeze(1)
-    return out.view(b, k)
+    return out if owner is not None else out.view(b, k)
+
+
+def _check_owner(owner: torch.Tensor, masks: torch.Tensor, num_images: int) -> torch.Tensor:
+    if masks.dim() != 3:
+        raise InvalidInputError(
+            f"with an owner index, masks must be K x h x w (one mask per owner entry), got "
+            f"shape {tuple(masks.shape)}"
+        )
+    if owner.dim() != 1 or owner.shape[0] != masks.shape[0]:
+        raise InvalidInputError(
+            f"owner must be a (K,) index with one image per mask: got shape "
+            f"{tuple(owner.shape)} for {masks.shape[0]} masks"
+        )
+    if owner.is_floating_point() or owner.dtype == torch.bool:
+        raise InvalidInputError(f"owner must hold integer image indices, got {owner.dtype}")
+    if owner.numel() and not (int(owner.min()) >= 0 and int(owner.max()) < num_images):
+        raise InvalidInputError(
+            f"owner indices must lie in 0 .. {num_images - 1} (the batch has {num_images} "
+            f"images), got {int(owner.min())} .. {int(owner.max())}"
+        )
+    return owner.long()
+
+
+def sum_weighted_masks(
+    adapter: ModelAdapter,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    chunks: Iterable[torch.Tensor],
+    *,
+    batch_size: int | str = 64,
+    perturb: Perturb | None = None,
+    upsample: str = "nearest",
+) -> tuple[torch.Tensor, int]:
+    """``sum_k p_k * m_k`` over a stream of mask chunks shared by all images.
+
+    Each chunk (K_c x h x w, the same h x w throughout) is scored with :func:`score_masks`
+    and folded into a running sum before the next chunk is made, so only one chunk of masks
+    is alive at a time. ``pair_index`` given to ``perturb`` is local to the chunk.
+
+    Args:
+        adapter: The model.
+        inputs: B x C x H x W preprocessed images.
+        target: (B,) target classes.
+        chunks: An iterable of K_c x h x w masks (e.g. a generator making them on demand).
+        batch_size: Masked images per forward, or "auto".
+        perturb: How a mask is applied, as in :func:`score_masks`.
+        upsample: Interpolation mode used to bring masks to the input size.
+
+    Returns:
+        The B x h x w float32 sum of every mask weighted by each image's target probability
+        on its masked copy, and the number of masks seen.
+
+    Example:
+        >>> import timm, torch, xvit
+        >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1,
+        ...                       img_size=32, patch_size=8).eval()
+        >>> a = xvit.get_adapter(m)
+        >>> chunks = (torch.ones(4, 32, 32) for _ in range(3))
+        >>> total, n = sum_weighted_masks(a, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]),
+        ...                               chunks)
+        >>> total.shape, n
+        (torch.Size([2, 32, 32]), 12)
+    """
+    total: torch.Tensor | None = None
+    count = 0
+    for chunk in chunks:
+        if chunk.dim() != 3:
+            raise InvalidInputError(
+                f"each mask chunk must be K x h x w, got shape {tuple(chunk.shape)}"
+            )
+        chunk = chunk.to(device=inputs.device, dtype=torch.float32)
+        probs = score_masks(
+            adapter,
+            inputs,
+            target,
+            chunk,
+            batch_size=batch_size,
+            perturb=perturb,
+            upsample=upsample,
+        )
+        part = torch.einsum("bk,khw->bhw", probs, chunk)
+        total = part if total is None else total + part
+        count += int(chunk.shape[0])
+    if total is None:
+        raise InvalidInputError("no masks were given: the mask stream was empty")
+    return total, count
