@@ -17,13 +17,15 @@ Three entry points share one loop:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .._errors import InvalidInputError
-from ..models._base import ModelAdapter
+from .._errors import InvalidInputError, ParameterError
+from ..models._base import ModelAdapter, check_finite_logits
 
 Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,6 +54,99 @@ def resolve_batch_size(batch_size: int | str, adapter: ModelAdapter, per_item_by
     return 64
 
 
+PRECISIONS = ("fp32", "bf16")
+
+_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def check_precision(value: Any, method: str) -> str:
+    """``precision``: "fp32" or "bf16"."""
+    if value not in PRECISIONS:
+        raise ParameterError(
+            f"{method}: precision must be one of {', '.join(PRECISIONS)}, got {value!r}"
+        )
+    return str(value)
+
+
+def scoring_forward(
+    adapter: ModelAdapter, precision: str = "fp32", compile: bool = False, pad_to: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logits function used for masked forwards: the model's own (fused/SDPA) attention,
+    optionally under bf16 autocast and/or ``torch.compile``."""
+    check_precision(precision, "scoring")
+    base: Callable[[torch.Tensor], torch.Tensor] = adapter.forward_logits
+    if compile:
+        compiled = _COMPILED.get(adapter.model)
+        if compiled is None:
+            compiled = torch.compile(adapter.forward_logits, dynamic=False)
+            _COMPILED[adapter.model] = compiled
+        base = compiled
+    device_type = adapter.device.type
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if pad_to is not None and n < pad_to:  # one shape for the compiled graph
+            x = torch.cat([x, x[-1:].expand(pad_to - n, *x.shape[1:])])
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = adapter.logits(x, check_finite=False, forward=base)
+        return logits[:n]
+
+    return forward
+
+
+def score_binary_masks(
+    adapter: ModelAdapter,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    base_probs: torch.Tensor | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """:func:`score_masks` for B x K x h x w binary masks with exact savings.
+
+    Identical masks of one image are scored once and their probability shared; an all-ones
+    mask (the unmasked image) takes ``base_probs[image]`` when given instead of a forward.
+    The result is the same B x K matrix :func:`score_masks` returns (exactly, in fp32: the
+    skipped forwards would have seen identical inputs).
+
+    Args:
+        adapter: The model.
+        inputs: B x C x H x W preprocessed images.
+        target: (B,) target classes.
+        masks: B x K x h x w masks of zeros and ones.
+        base_probs: (B,) target probability of each unmasked image, if already known.
+        **options: Passed to :func:`score_masks` (batch_size, perturb, upsample, precision,
+            compile); ``perturb`` must depend on the mask only, not on the pair index.
+    """
+    b, k = masks.shape[:2]
+    flat = masks.reshape(b * k, -1)
+    image = torch.arange(b, device=masks.device).repeat_interleave(k)
+    key = torch.cat([image.unsqueeze(1).to(flat.dtype), flat], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    owner = unique[:, 0].long()
+    unique_masks = unique[:, 1:]
+    probs = torch.empty(unique.shape[0], dtype=torch.float32, device=inputs.device)
+    full = unique_masks.bool().all(dim=1).to(inputs.device)
+    if base_probs is None:
+        full = torch.zeros_like(full)
+    else:
+        probs[full] = base_probs.float().to(inputs.device)[owner.to(inputs.device)[full]]
+    todo = (~full).nonzero().squeeze(1)
+    if todo.numel():
+        probs[todo] = score_masks(
+            adapter,
+            inputs,
+            target,
+            unique_masks[todo.to(unique_masks.device)].reshape(-1, *masks.shape[2:]),
+            owner=owner[todo.to(owner.device)],
+            **options,
+        )
+    return probs[inverse.to(inputs.device)].view(b, k)
+
+
 def upsample_masks(
     masks: torch.Tensor, size: tuple[int, int], mode: str = "nearest"
 ) -> torch.Tensor:
@@ -77,6 +172,8 @@ def score_masks(
     perturb: Perturb | None = None,
     upsample: str = "nearest",
     owner: torch.Tensor | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> torch.Tensor:
     """Target-class probability of every masked copy of every image.
 
@@ -95,6 +192,10 @@ def score_masks(
         upsample: Interpolation mode used to bring masks to the input size.
         owner: Optional (K,) image index of each mask of a K x h x w ``masks``: mask k is
             applied to image ``owner[k]`` only, so images may carry different numbers of masks.
+        precision: "fp32", or "bf16" to run the masked forwards under bfloat16 autocast
+            (probabilities are still computed in float32 from the logits).
+        compile: Run the masked forwards through ``torch.compile`` (chunks are padded to one
+            size so it compiles once).
 
     Returns:
         B x K probabilities ``softmax(logits)[target]`` (float32); (K,) with ``owner``.
@@ -131,6 +232,7 @@ def score_masks(
     perturb = perturb or fill_perturb(0.0)
     chunk = resolve_batch_size(batch_size, adapter, c * h * w * inputs.element_size())
     out = torch.empty(total, dtype=torch.float32, device=inputs.device)
+    forward = scoring_forward(adapter, precision, compile, pad_to=chunk if compile else None)
     with torch.inference_mode():
         for start in range(0, total, chunk):
             idx = torch.arange(start, min(start + chunk, total), device=inputs.device)
@@ -141,9 +243,9 @@ def score_masks(
                 m = masks[mask_i] if shared else masks[img, mask_i]
             m = upsample_masks(m.to(inputs.dtype), (h, w), upsample).unsqueeze(1)
             x = perturb(inputs[img], m, idx)
-            logits = adapter.forward_logits(x)
-            probs = logits.float().softmax(dim=-1)
+            probs = forward(x).float().softmax(dim=-1)
             out[start : start + len(idx)] = probs.gather(1, target[img].unsqueeze(1)).squeeze(1)
+    check_finite_logits(out, "masked copies of the images")
     return out if owner is not None else out.view(b, k)
 
 
@@ -177,6 +279,8 @@ def sum_weighted_masks(
     batch_size: int | str = 64,
     perturb: Perturb | None = None,
     upsample: str = "nearest",
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """``sum_k p_k * m_k`` over a stream of mask chunks shared by all images.
 
@@ -192,6 +296,8 @@ def sum_weighted_masks(
         batch_size: Masked images per forward, or "auto".
         perturb: How a mask is applied, as in :func:`score_masks`.
         upsample: Interpolation mode used to bring masks to the input size.
+        precision: "fp32" or "bf16" (autocast for the masked forwards).
+        compile: Run the masked forwards through ``torch.compile``.
 
     Returns:
         The B x h x w float32 sum of every mask weighted by each image's target probability
@@ -224,6 +330,8 @@ def sum_weighted_masks(
             batch_size=batch_size,
             perturb=perturb,
             upsample=upsample,
+            precision=precision,
+            compile=compile,
         )
         part = torch.einsum("bk,khw->bhw", probs, chunk)
         total = part if total is None else total + part

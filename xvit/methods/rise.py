@@ -11,7 +11,7 @@ from .._errors import ParameterError
 from ..models._base import ModelAdapter
 from ._base import Explainer, check_batch_size, check_positive_int
 from ._registration import register_method
-from ._scoring import fill_perturb, resolve_batch_size, sum_weighted_masks
+from ._scoring import check_precision, fill_perturb, resolve_batch_size, sum_weighted_masks
 
 
 def check_seed(seed: Any, method: str) -> int | None:
@@ -84,6 +84,8 @@ class RISE(Explainer):
         seed: Seed of the mask draw (default 0); None draws from torch's global generator.
         fill: Value of masked-out pixels in the model's input space.
         batch_size: Masked images per forward (an int, or "auto").
+        precision: "fp32", or "bf16" for bfloat16 autocast in the masked forwards.
+        compile: Run the masked forwards through ``torch.compile``.
 
     References:
         V. Petsiuk, A. Das, K. Saenko, "RISE: Randomized Input Sampling for Explanation of
@@ -114,6 +116,8 @@ class RISE(Explainer):
         seed: int | None = 0,
         fill: float = 0.0,
         batch_size: int | str = 64,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         self.num_masks = check_positive_int("num_masks", num_masks, self.name)
         self.grid_size = check_positive_int("grid_size", grid_size, self.name)
@@ -131,6 +135,8 @@ class RISE(Explainer):
             raise ParameterError(f"rise: fill must be a number, got {fill!r}")
         self.fill = float(fill)
         self.batch_size = check_batch_size(batch_size, self.name)
+        self.precision = check_precision(precision, self.name)
+        self.compile = bool(compile)
 
     # --- masks ----------------------------------------------------------------------------
     def cell_size(self, size: tuple[int, int]) -> tuple[int, int]:
@@ -203,5 +209,7 @@ class RISE(Explainer):
             self._chunks(grids, shifts, size, chunk),
             batch_size=self.batch_size,
             perturb=fill_perturb(self.fill),
+            precision=self.precision,
+            compile=self.compile,
         )
         return (total / (count * self.keep_prob)).to(inputs.dtype)

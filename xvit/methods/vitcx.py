@@ -13,7 +13,7 @@ from ..models._base import ModelAdapter
 from ..models._capture import Capture
 from ._base import Explainer, check_batch_size
 from ._registration import register_method
-from ._scoring import Perturb, score_masks
+from ._scoring import Perturb, check_precision, score_masks
 from .gradcam import check_layer_param, resolve_layer, tokens_to_grid
 from .rise import check_seed, resolve_seed
 
@@ -99,6 +99,8 @@ class ViTCX(Explainer):
         noise_std: Standard deviation of the Gaussian noise on the masked-out part.
         seed: Seed of the noise (default 0); None draws from torch's global generator.
         batch_size: Masked images per forward (an int, or "auto").
+        precision: "fp32", or "bf16" for bfloat16 autocast in the masked forwards.
+        compile: Run the masked forwards through ``torch.compile``.
 
     References:
         W. Xie, X.-H. Li, C. C. Cao, N. L. Zhang, "ViT-CX: Causal Explanation of Vision
@@ -127,6 +129,8 @@ class ViTCX(Explainer):
         noise_std: float = 0.1,
         seed: int | None = 0,
         batch_size: int | str = 64,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         self.layer = check_layer_param(layer, self.name)
         self.distance_threshold = _check_number(
@@ -135,13 +139,15 @@ class ViTCX(Explainer):
         self.noise_std = _check_number("noise_std", noise_std, 0.0, float("inf"), self.name)
         self.seed = check_seed(seed, self.name)
         self.batch_size = check_batch_size(batch_size, self.name)
+        self.precision = check_precision(precision, self.name)
+        self.compile = bool(compile)
 
     def feature_masks(self, adapter: ModelAdapter, inputs: torch.Tensor) -> torch.Tensor:
         """Step 1-2: B x D x H x W soft masks from the layer's patch embeddings."""
         module = resolve_layer(adapter, self.layer, self.name)
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         with torch.inference_mode(), Capture(adapter, layers={"target": module}) as cap:
-            adapter.forward_logits(inputs)
+            adapter.logits(inputs)
             tokens = cap.layer("target")
         grid = tokens_to_grid(tokens.float(), adapter, size, self.name)  # B x D x h x w
         up = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
@@ -195,14 +201,19 @@ class ViTCX(Explainer):
 
             return perturb
 
-        bs = self.batch_size
+        opts: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "precision": self.precision,
+            "compile": self.compile,
+        }
         p_masked = score_masks(
-            adapter, inputs, target, masks, batch_size=bs, perturb=noisy(False), owner=owner
+            adapter, inputs, target, masks, perturb=noisy(False), owner=owner, **opts
         )
         p_noisy = score_masks(
-            adapter, inputs, target, masks, batch_size=bs, perturb=noisy(True), owner=owner
+            adapter, inputs, target, masks, perturb=noisy(True), owner=owner, **opts
         )
-        p_clean = score_masks(adapter, inputs, target, torch.ones(1, 1, 1, device=device))[:, 0]
+        ones = torch.ones(1, 1, 1, device=device)
+        p_clean = score_masks(adapter, inputs, target, ones, **opts)[:, 0]
         s = p_masked - p_noisy + p_clean[owner]
         return list(s.split([len(c) for c in clusters]))
 

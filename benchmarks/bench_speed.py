@@ -1,0 +1,320 @@
+"""Speed of the mask-scoring methods against a faithful per-image baseline, in one run.
+
+Times GradMask (and RISE, ViT-CX) on:
+  * the embedded digits model on CPU (64 images; GradMask maps checked equal to the baseline),
+  * ViT-B/16 and DeiT-B-distilled built from their timm configs (random weights) on CPU,
+  * the same on CUDA when a GPU is present (256 images, bf16 and fp32),
+and reports explanations per second, peak memory, the speed-up over the faithful baseline
+(benchmarks/faithful_gradmask.py: one image at a time, fp32, eager attention, all of an image's
+masked copies in one forward) and, on CUDA, the fraction of the measured bf16 matmul roofline.
+
+    python benchmarks/bench_speed.py                 # CPU part (a few minutes on 2 cores)
+    python benchmarks/bench_speed.py --gpu-only      # CUDA part only
+    python benchmarks/bench_speed.py --quick         # smaller sizes, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import xvit
+from faithful_gradmask import faithful_gradmask
+
+
+def vit_forward_flops(model: torch.nn.Module) -> float:
+    """FLOPs (2 x multiply-adds) of one forward, counted from the model's shape."""
+    geo = xvit.get_adapter(model).geometry
+    n, d = geo.num_tokens(), geo.hidden_size
+    mlp_hidden = model.blocks[0].mlp.fc1.out_features
+    per_block = n * 3 * d * d + 2 * n * n * d + n * d * d + 2 * n * d * mlp_hidden
+    ph, pw = geo.patch_size
+    embed = (n - geo.num_prefix_tokens) * geo.in_chans * ph * pw * d
+    return 2.0 * (geo.num_blocks * per_block + embed)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Any, device: torch.device) -> tuple[Any, float, float]:
+    """(result, seconds, peak bytes) of one call; peak is CUDA memory or process max RSS."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    secs = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak = float(torch.cuda.max_memory_allocated(device))
+    else:
+        peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return out, secs, peak
+
+
+def matmul_tflops(device: torch.device) -> float:
+    """Measured dense bf16 matmul throughput (TFLOP/s) on random data."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 20
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def build(name: str, device: torch.device, **kw: Any) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, **kw).to(device).eval()
+
+
+def embedded_model(device: torch.device) -> torch.nn.Module:
+    try:
+        return xvit.load_model("xvit:digits-vit", device=device)
+    except xvit.XvitError:  # not shipped yet: a model of the same shape with random weights
+        return build("vit_tiny_patch16_224", device, img_size=64, patch_size=8, num_classes=10)
+
+
+def bench_case(
+    label: str,
+    model: torch.nn.Module,
+    device: torch.device,
+    n_images: int,
+    n_baseline: int,
+    *,
+    precision: str = "fp32",
+    batch_size: int | str = 256,
+    methods: tuple[str, ...] = ("gradmask",),
+    check_equal: bool = False,
+    roofline: float | None = None,
+    compile_model: bool = False,
+) -> list[dict[str, Any]]:
+    geo = xvit.get_adapter(model).geometry
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_images, geo.in_chans, *geo.image_size, generator=g).to(device)
+    with torch.no_grad():
+        targets = model(x[:n_baseline]).argmax(-1)
+    rows = []
+    base, t_base, peak_base = timed(
+        lambda: faithful_gradmask(model, x[:n_baseline], targets), device
+    )
+    base_rate = n_baseline / t_base
+    rows.append(
+        dict(
+            case=label,
+            method="gradmask (faithful baseline)",
+            precision="fp32",
+            images=n_baseline,
+            seconds=t_base,
+            expl_per_s=base_rate,
+            peak_mb=peak_base / 2**20,
+            speedup=1.0,
+        )
+    )
+    flops = vit_forward_flops(model)
+    k = 3 * (geo.num_blocks - 1) * 4
+    for method in methods:
+        params: dict[str, Any] = {"batch_size": batch_size}
+        if method in ("gradmask", "rise", "vitcx"):
+            params["precision"] = precision
+            if compile_model:
+                params["compile"] = True
+        if method == "rise":
+            params["num_masks"] = 1000
+        if xvit.get_method(method).randomized:
+            params["seed"] = 0
+        n = n_images if method == "gradmask" else max(1, n_images // 8)
+        # warm-up (and compilation) outside the timing
+        xvit.explain(method, model, x[:2], **params)
+        _, secs, peak = timed(
+            lambda m=method, n=n, p=params: xvit.explain(m, model, x[:n], **p), device
+        )
+        row = dict(
+            case=label,
+            method=method,
+            precision=precision,
+            images=n,
+            seconds=secs,
+            expl_per_s=n / secs,
+            peak_mb=peak / 2**20,
+            speedup=(n / secs) / base_rate if method == "gradmask" else None,
+        )
+        if method == "gradmask":
+            if check_equal:
+                ours = xvit.explain(
+                    "gradmask", model, x[:n_baseline], target=targets, batch_size=batch_size
+                ).map
+                err = ((ours - base).abs().max() / base.abs().max()).item()
+                row["max_rel_diff_vs_baseline"] = err
+            achieved = (k + 3) * flops * n / secs / 1e12
+            row["tflops"] = achieved
+            if roofline:
+                row["roofline_fraction"] = achieved / roofline
+        rows.append(row)
+    return rows
+
+
+def memory_scaling(device: torch.device, small: int, large: int) -> dict[str, Any]:
+    """Peak memory of a `large`-image GradMask job over a `small`-image one, same batch_size."""
+    if device.type == "cuda":
+        model = build("vit_base_patch16_224", device, num_classes=1000)
+        peaks = {}
+        for n in (small, large):
+            x = torch.randn(n, 3, 224, 224, device=device)
+            torch.cuda.empty_cache()
+            _, _, peaks[n] = timed(
+                lambda x=x: xvit.explain("gradmask", model, x, batch_size=128, precision="bf16"),
+                device,
+            )
+        peak_small, peak_large = peaks[small], peaks[large]
+    else:  # CPU: max RSS of fresh processes
+
+        def rss(n: int) -> float:
+            code = (
+                "import resource, torch, timm, xvit\n"
+                "torch.manual_seed(0)\n"
+                "m = timm.create_model('vit_tiny_patch16_224', img_size=64, patch_size=8,"
+                " num_classes=10).eval()\n"
+                f"x = torch.randn({n}, 3, 64, 64)\n"
+                "xvit.explain('gradmask', m, x, batch_size=64)\n"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+            )
+            out = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            )
+            return float(out.stdout.strip().splitlines()[-1])
+
+        peak_small, peak_large = rss(small), rss(large)
+    return dict(
+        device=str(device),
+        small_images=small,
+        large_images=large,
+        peak_small_mb=peak_small / 2**20,
+        peak_large_mb=peak_large / 2**20,
+        ratio=peak_large / peak_small,
+    )
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    cols = [
+        "case",
+        "method",
+        "precision",
+        "images",
+        "expl_per_s",
+        "speedup",
+        "peak_mb",
+        "tflops",
+        "roofline_fraction",
+        "max_rel_diff_vs_baseline",
+    ]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append("" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v))
+        print("| " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    ap.add_argument("--gpu-only", action="store_true", help="skip the CPU cases")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile on CUDA")
+    ap.add_argument("--json", type=Path, default=None, help="write all rows to this file")
+    args = ap.parse_args()
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"torch": torch.__version__, "timm": timm.__version__}
+    cpu = torch.device("cpu")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if not args.gpu_only:
+        n = 16 if args.quick else 64
+        rows += bench_case(
+            "embedded ViT, CPU",
+            embedded_model(cpu),
+            cpu,
+            n,
+            n,
+            batch_size=128,
+            methods=("gradmask", "rise", "vitcx"),
+            check_equal=True,
+        )
+        nb = 1 if args.quick else 2
+        rows += bench_case(
+            "ViT-B/16 (random), CPU", build("vit_base_patch16_224", cpu), cpu, nb, nb, batch_size=32
+        )
+        rows += bench_case(
+            "DeiT-B-distilled (random), CPU",
+            build("deit_base_distilled_patch16_224", cpu),
+            cpu,
+            nb,
+            nb,
+            batch_size=32,
+        )
+        extra["memory_cpu"] = memory_scaling(cpu, 10, 100 if args.quick else 1000)
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        extra["gpu"] = torch.cuda.get_device_name(gpu)
+        roof = matmul_tflops(gpu)
+        extra["bf16_matmul_tflops"] = roof
+        n = 32 if args.quick else 256
+        for name, label in (
+            ("vit_base_patch16_224", "ViT-B/16"),
+            ("deit_base_distilled_patch16_224", "DeiT-B-distilled"),
+        ):
+            model = build(name, gpu)
+            for precision in ("bf16", "fp32"):
+                rows += bench_case(
+                    f"{label} (random), CUDA",
+                    model,
+                    gpu,
+                    n,
+                    16,
+                    precision=precision,
+                    batch_size=512,
+                    methods=("gradmask",)
+                    if precision == "fp32" or label != "ViT-B/16"
+                    else ("gradmask", "rise", "vitcx"),
+                    check_equal=precision == "fp32",
+                    roofline=roof,
+                )
+            if args.compile and label == "ViT-B/16":
+                rows += bench_case(
+                    f"{label} (random), CUDA, compiled",
+                    model,
+                    gpu,
+                    n,
+                    16,
+                    precision="bf16",
+                    batch_size=512,
+                    roofline=roof,
+                    compile_model=True,
+                )
+        extra["memory_cuda"] = memory_scaling(gpu, 10, 100 if args.quick else 1000)
+    print_table(rows)
+    print(json.dumps(extra, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, **extra}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The optimised scoring kernel gives the plain path's numbers, with fewer forwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xvit
+from conftest import MODEL_FACTORIES, model_input
+from xvit.methods._scoring import score_binary_masks, score_masks
+
+
+class CountingAdapter:
+    """Wraps an adapter and counts the images its forward sees."""
+
+    def __init__(self, adapter: xvit.ModelAdapter) -> None:
+        self.inner = adapter
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(int(x.shape[0]))
+        return self.inner.forward_logits(x)
+
+
+def _binary_masks_with_repeats(b: int, k: int, h: int, w: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    masks = (torch.rand(b, k, h, w, generator=g) > 0.5).float()
+    masks[:, 1] = masks[:, 0]  # duplicates within an image
+    masks[:, 2] = 1.0  # the unmasked image
+    masks[:, 5] = 1.0
+    masks[1, 3] = masks[0, 3]  # same mask on another image is NOT a duplicate
+    return masks
+
+
+@pytest.mark.parametrize("model_name", ["timm-vit", "hf-deit-teacher"])
+def test_deduplicated_scores_equal_plain_scores(model_name: str) -> None:
+    model = MODEL_FACTORIES[model_name]()
+    adapter = CountingAdapter(xvit.get_adapter(model))
+    x = model_input(model, batch=2)
+    t = torch.tensor([1, 3])
+    gh, gw = adapter.geometry.grid()
+    masks = _binary_masks_with_repeats(2, 8, gh, gw)
+    plain = score_masks(adapter, x, t, masks, batch_size=5)  # type: ignore[arg-type]
+    plain_forwards = sum(adapter.batches)
+    adapter.batches.clear()
+    with torch.no_grad():
+        base = model(x) if model_name.startswith("timm") else model(pixel_values=x).logits
+    base_probs = base.softmax(-1).gather(1, t[:, None]).squeeze(1)
+    fast = score_binary_masks(adapter, x, t, masks, base_probs=base_probs, batch_size=5)  # type: ignore[arg-type]
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-7)
+    assert plain_forwards == 16
+    # per image: 8 masks, one duplicate, two all-ones (reused) -> 5 forwards each
+    assert sum(adapter.batches) == 10
+
+
+def test_gradmask_gradient_pass_is_chunked(timm_vit: torch.nn.Module) -> None:
+    sizes: list[int] = []
+    handle = timm_vit.blocks[0].attn.qkv.register_forward_hook(
+        lambda m, i, o: sizes.append(int(o.shape[0])) if torch.is_grad_enabled() else None
+    )
+    try:
+        x = model_input(timm_vit, batch=9)
+        chunked = xvit.explain("gradmask", timm_vit, x, batch_size=16)  # 2 images per pass
+    finally:
+        handle.remove()
+    assert [s for s in sizes if s] and max(sizes) <= 2
+    whole = xvit.explain("gradmask", timm_vit, x, batch_size=4096)
+    torch.testing.assert_close(chunked.map, whole.map, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradmask", "rise", "vitcx"])
+def test_bf16_maps_track_fp32(method: str) -> None:
+    from scipy.stats import spearmanr
+
+    model = MODEL_FACTORIES["timm-vit"]()
+    x = model_input(model, batch=2)
+    params = dict(xvit.get_method(method).quick_params)
+    if xvit.get_method(method).randomized:
+        params["seed"] = 0
+    fp32 = xvit.explain(method, model, x, target=1, **params).map
+    bf16 = xvit.explain(method, model, x, target=1, precision="bf16", **params).map
+    assert not torch.equal(fp32, bf16)  # autocast really ran
+    rel = ((fp32 - bf16).abs().max() / fp32.abs().max()).item()
+    rho = spearmanr(fp32.flatten().numpy(), bf16.flatten().numpy()).statistic
+    assert rel < 0.05 and rho > 0.9, (rel, rho)
+
+
+@pytest.mark.parametrize("method", ["gradmask", "rise", "vitcx"])
+def test_precision_is_validated(method: str, timm_vit) -> None:
+    with pytest.raises(xvit.ParameterError, match="precision"):
+        xvit.explain(method, timm_vit, model_input(timm_vit), precision="fp16")
+
+
+@pytest.mark.slow
+def test_compiled_scoring_matches_eager(timm_vit: torch.nn.Module) -> None:
+    x = model_input(timm_vit, batch=3)
+    eager = xvit.explain("gradmask", timm_vit, x, batch_size=32)
+    compiled = xvit.explain("gradmask", timm_vit, x, batch_size=32, compile=True)
+    torch.testing.assert_close(compiled.map, eager.map, rtol=1e-4, atol=1e-5)
