@@ -1,0 +1,195 @@
+"""The contract every metric follows, and the helpers metrics share."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from .._errors import InvalidInputError, ParameterError
+from ..explanation import Explanation
+
+#: Ground truth for the localisation metrics: per image a sequence of (x0, y0, x1, y1) boxes
+#: in model-input pixel coordinates, or a B x H x W boolean mask.
+Boxes = Sequence[Sequence[Sequence[float]]] | torch.Tensor
+
+
+@dataclass
+class MetricResult:
+    """Per-image scores of one metric on one batch.
+
+    Attributes:
+        metric: Registry name of the metric.
+        scores: (B,) float64 scores on the CPU; NaN where the score is undefined (for example
+            an image without a ground-truth box).
+        curves: B x S curve values (insertion/deletion probabilities), or None.
+        fractions: (S,) x positions of the curve points (fraction of pixels), or None.
+    """
+
+    metric: str
+    scores: torch.Tensor
+    curves: torch.Tensor | None = None
+    fractions: torch.Tensor | None = None
+
+    def mean(self) -> float:
+        """Mean over the images whose score is defined (NaN when none is)."""
+        return nanmean(self.scores)
+
+
+def nanmean(scores: torch.Tensor) -> float:
+    """Mean of the non-NaN entries; NaN when there are none."""
+    valid = scores[~torch.isnan(scores)]
+    return float(valid.mean()) if valid.numel() else math.nan
+
+
+class Metric(ABC):
+    """Base class of evaluation metrics.
+
+    A metric is configured by keyword arguments to ``__init__`` (validated there) and scores a
+    batch with ``metric(model, x_batch, y_batch, a_batch, s_batch)``: the model (or adapter),
+    B preprocessed images, B target classes, B saliency maps at any resolution (brought to
+    the input size with :meth:`xvit.Explanation.upsample`), and for localisation metrics the
+    ground truth. It returns a :class:`MetricResult` with one score per image; the names follow
+    Quantus (``x_batch``, ``y_batch``, ``a_batch``, ``s_batch``). ``seeds`` (one int per image)
+    fixes any random draw per image, so that scores do not depend on how images are batched.
+
+    Attributes:
+        name: Registry name.
+        summary: One line for listings.
+        paper: The paper that defines the metric.
+        higher_is_better: Whether a larger score means a better explanation.
+        needs_model: Whether the metric runs the model.
+        needs_boxes: Whether the metric needs ground-truth boxes (``s_batch``).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = False
+    needs_boxes: ClassVar[bool] = False
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The keyword parameters this metric accepts."""
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+
+    @classmethod
+    def create(cls, **params: Any) -> Metric:
+        """Instantiate with ``params``; unknown names raise an error listing the valid ones."""
+        unknown = sorted(set(params) - set(cls.param_names()))
+        if unknown:
+            raise ParameterError(
+                f"{cls.name} got unknown parameter(s) {', '.join(unknown)}; it accepts: "
+                f"{', '.join(cls.param_names()) or '(none)'}"
+            )
+        return cls(**params)
+
+    def params(self) -> dict[str, Any]:
+        """The parameter values in use."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    @abstractmethod
+    def __call__(
+        self,
+        model: Any,
+        x_batch: torch.Tensor,
+        y_batch: Any,
+        a_batch: torch.Tensor | Explanation,
+        s_batch: Boxes | None = None,
+        *,
+        seeds: Sequence[int] | None = None,
+    ) -> MetricResult:
+        """Score a batch (see the class docstring)."""
+
+    @staticmethod
+    def aggregate(scores: torch.Tensor) -> float:
+        """One number for many per-image scores: the mean over the defined ones."""
+        return nanmean(scores)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def saliency_at(
+    a_batch: torch.Tensor | Explanation,
+    size: tuple[int, int],
+    mode: str = "nearest",
+) -> torch.Tensor:
+    """B x H x W float maps at ``size``, upsampled with :meth:`Explanation.upsample`.
+
+    Raises:
+        InvalidInputError: The maps are not B x h x w, or hold NaN or infinite values.
+    """
+    if mode not in ("nearest", "bilinear", "bicubic"):
+        raise ParameterError(f"upsample must be 'nearest', 'bilinear' or 'bicubic', got {mode!r}")
+    if isinstance(a_batch, Explanation):
+        maps = a_batch.map
+        explanation = a_batch
+    else:
+        if not isinstance(a_batch, torch.Tensor):
+            raise InvalidInputError(
+                f"a_batch must be a B x h x w tensor of saliency maps or an Explanation, got "
+                f"{type(a_batch).__name__}"
+            )
+        maps = a_batch
+        b = maps.shape[0] if maps.dim() else 0
+        explanation = Explanation(
+            map=maps,
+            method="",
+            targets=torch.zeros(b, dtype=torch.long),
+            probabilities=torch.zeros(b),
+            params={},
+            input_size=size,
+        )
+    if maps.dim() != 3 or maps.shape[0] == 0:
+        raise InvalidInputError(
+            f"saliency maps must be B x h x w with B >= 1, got shape {tuple(maps.shape)}; add a "
+            f"batch dimension with .unsqueeze(0) for one map"
+        )
+    if not torch.isfinite(maps).all():
+        raise InvalidInputError("the saliency maps contain NaN or infinite values")
+    return explanation.upsample(size, mode=mode)
+
+
+def check_batch(x_batch: Any, a_batch: torch.Tensor | Explanation) -> None:
+    """x_batch is B x C x H x W and there is one map per image."""
+    if not isinstance(x_batch, torch.Tensor) or x_batch.dim() != 4:
+        shape = tuple(x_batch.shape) if isinstance(x_batch, torch.Tensor) else type(x_batch)
+        raise InvalidInputError(f"x_batch must be a preprocessed B x C x H x W tensor, got {shape}")
+    maps = a_batch.map if isinstance(a_batch, Explanation) else a_batch
+    if isinstance(maps, torch.Tensor) and maps.dim() >= 1 and maps.shape[0] != x_batch.shape[0]:
+        raise InvalidInputError(
+            f"got {maps.shape[0]} saliency maps for {x_batch.shape[0]} images; pass one map "
+            f"per image"
+        )
+
+
+def check_seeds(seeds: Sequence[int] | None, batch: int, default: int) -> list[int]:
+    """One integer seed per image (``default + i`` when none are given)."""
+    if seeds is None:
+        return [default + i for i in range(batch)]
+    values = list(seeds)
+    if len(values) != batch or any(isinstance(s, bool) or not isinstance(s, int) for s in values):
+        raise ParameterError(f"seeds must be {batch} integers, one per image, got {seeds!r}")
+    return values
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str], metric: str) -> str:
+    """Validate a string option."""
+    if value not in choices:
+        raise ParameterError(
+            f"{metric}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
+    return str(value)

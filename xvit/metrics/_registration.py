@@ -1,0 +1,46 @@
+"""The metric registry: built-ins register on import, plugins via ``xvit.metrics``."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from .._registry import Registry
+from ._base import Metric
+
+M = TypeVar("M", bound=type[Metric])
+
+#: Every evaluation metric, by name.
+metrics: Registry[type[Metric]] = Registry("metric", group="xvit.metrics")
+
+
+def register_metric(cls: M) -> M:
+    """Class decorator: register a :class:`Metric` subclass under its ``name``.
+
+    Example:
+        >>> import torch
+        >>> from xvit.metrics import Metric, MetricResult, list_metrics, metrics, register_metric
+        >>> @register_metric
+        ... class MapMax(Metric):
+        ...     name = "map-max-doc"
+        ...     def __call__(self, model, x_batch, y_batch, a_batch, s_batch=None, *, seeds=None):
+        ...         return MetricResult(self.name, a_batch.flatten(1).amax(1).double())
+        >>> "map-max-doc" in list_metrics()
+        True
+        >>> metrics.unregister("map-max-doc")
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Metric)):
+        raise TypeError(f"register_metric takes a Metric subclass, got {cls!r}")
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} must set a class attribute 'name' to be registered")
+    metrics.register(cls.name, cls)
+    return cls
+
+
+def get_metric(name: str | type[Metric]) -> type[Metric]:
+    """The metric class registered under ``name`` (unknown names list the known ones)."""
+    return metrics.get(name)
+
+
+def list_metrics(pattern: str | None = None) -> list[str]:
+    """Registered metric names, optionally filtered by a wildcard such as ``"*pointing*"``."""
+    return metrics.names(pattern)
