@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MODEL_FACTORIES, model_input
-from model_state import snapshot
 
 import xvit
+from conftest import MODEL_FACTORIES, model_input
+from model_state import snapshot
 
 
 def _dirty(model: torch.nn.Module) -> None:
@@ -56,8 +56,10 @@ def test_model_raising_mid_call_restores_everything(timm_vit: torch.nn.Module) -
     handle = model.blocks[1].register_forward_hook(explode)
     try:
         before = snapshot(model)
-        with pytest.raises(RuntimeError, match="boom"):
+        with pytest.raises(xvit.ModelOutputError, match=r"gradmask: .*RuntimeError: boom") as info:
             xvit.explain("gradmask", model, model_input(model))
+        assert calls["n"] == 3  # it did fail inside the masked scoring
+        assert isinstance(info.value.__cause__, RuntimeError)  # the model's error is chained
         assert snapshot(model) == before
     finally:
         handle.remove()

@@ -30,11 +30,13 @@ from .models import (
     ModelAdapter,
     Preprocessing,
     get_adapter,
+    hf_to_timm,
     hook_counts,
     load_checkpoint,
     load_model,
     model_aliases,
     save_checkpoint,
+    timm_to_hf,
 )
 
 __version__ = "0.1.0"
@@ -57,6 +59,7 @@ __all__ = [
     "explain",
     "get_adapter",
     "get_method",
+    "hf_to_timm",
     "hook_counts",
     "list_methods",
     "load_checkpoint",
@@ -68,4 +71,5 @@ __all__ = [
     "register_method",
     "save_checkpoint",
     "score_masks",
+    "timm_to_hf",
 ]

@@ -40,12 +40,21 @@ def explain(
         model: A timm or HuggingFace ViT/DeiT classifier (or an adapter).
         inputs: A path, PIL image, H x W x 3 uint8 array, a list of these (each preprocessed
             with the model's own preprocessing), or a B x C x H x W tensor taken as already
-            preprocessed.
+            preprocessed. A tensor on another device or of another floating dtype than the
+            model is moved and cast to the model's; the results come back on its device.
         target: None (the predicted class), an int for every image, or one int per image.
         **params: The method's parameters; unknown names raise an error listing valid ones.
 
     Returns:
         An :class:`Explanation` whose ``map`` is B x h x w on the input's device.
+
+    Raises:
+        XvitError: Every misuse, as a subclass: :class:`~xvit.InvalidInputError` (inputs,
+            targets), :class:`~xvit.ParameterError`, :class:`~xvit.UnknownNameError`,
+            :class:`~xvit.UnsupportedModelError`, :class:`~xvit.CaptureError`, and
+            :class:`~xvit.ModelOutputError` when the model raises or returns NaN or inf
+            during the call (the model's own exception is chained as its cause). The model
+            is left as it was in every case.
 
     Example:
         >>> import timm, torch, xvit
@@ -60,20 +69,19 @@ def explain(
     out_device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
     x, images = prepare_inputs(inputs, adapter)
     with model_lock(adapter.model), preserved_state(adapter.model):
-        with torch.inference_mode():
-            logits = adapter.forward_logits(x)
-        if not torch.isfinite(logits).all():
-            raise ModelOutputError(
-                "the model returned NaN or infinite logits for this input; check the model's "
-                "weights and the input's preprocessing"
-            )
-        targets = resolve_targets(target, logits, adapter.num_classes)
-        probs = logits.float().softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
-        maps = explainer.attribute(adapter, x, targets)
+        try:
+            with torch.inference_mode():
+                logits = adapter.logits(x)
+            targets = resolve_targets(target, logits, adapter.num_classes)
+            probs = logits.float().softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+            maps = explainer.attribute(adapter, x, targets)
+        except ModelOutputError as exc:
+            # say which method was running; chain the model's own error, if any, directly
+            raise ModelOutputError(f"{explainer.name}: {exc}") from exc.__cause__
     if not torch.isfinite(maps).all():
         raise ModelOutputError(
-            f"{explainer.name} produced non-finite values (the model returned NaN or inf on "
-            f"some perturbed inputs); check the model and the input"
+            f"{explainer.name} produced NaN or infinite values although the model's outputs "
+            f"were finite; check its parameters ({explainer.params()}) and the input's scale"
         )
     return Explanation(
         map=maps.detach().to(out_device),

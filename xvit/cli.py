@@ -207,7 +207,14 @@ def _add_optional_commands() -> None:
         from .bench.cli import bench_command
     except ImportError:
         return
+    if bench_command.callback is not None:  # Ctrl-C and crashes end as in the other commands
+        bench_command.callback = handle_errors(bench_command.callback)
     main.add_command(bench_command, "bench")
+    from .demo import demo_command
+
+    if demo_command.callback is not None:
+        demo_command.callback = handle_errors(demo_command.callback)
+    main.add_command(demo_command, "demo")
 
 
 _add_optional_commands()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -101,3 +102,17 @@ def check_batch_size(value: Any, method: str) -> int | str:
     if value == "auto":
         return "auto"
     return check_positive_int("batch_size", value, method)
+
+
+def check_finite_number(name: str, value: Any, method: str) -> float:
+    """Validate a real, finite number (e.g. a fill value in the model's input space)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ParameterError(f"{method}: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_flag(name: str, value: Any, method: str) -> bool:
+    """Validate an on/off parameter: True or False, nothing else."""
+    if not isinstance(value, bool):
+        raise ParameterError(f"{method}: {name} must be True or False, got {value!r}")
+    return value

@@ -71,7 +71,7 @@ def capture_attentions(adapter: ModelAdapter, inputs: torch.Tensor) -> list[torc
     attention settings are restored afterwards, also when the forward raises.
     """
     with torch.no_grad(), adapter.eager_attention(), Capture(adapter, attention=True) as cap:
-        adapter.forward_logits(inputs)
+        adapter.logits(inputs)
         attentions = cap.attentions()
     return [a.detach().float() for a in attentions]
 

@@ -22,7 +22,7 @@ def attention_and_grads(
     """
     x = inputs.detach().requires_grad_(True)
     with torch.enable_grad(), adapter.eager_attention(), Capture(adapter, attention=True) as cap:
-        logits = adapter.forward_logits(x)
+        logits = adapter.logits(x)
         score = logits.gather(1, target.unsqueeze(1)).sum()
         attentions = cap.attentions()
         grads = cap.grads(score, attentions)

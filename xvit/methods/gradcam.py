@@ -28,7 +28,7 @@ def resolve_layer(adapter: ModelAdapter, layer: Any, method: str) -> nn.Module:
         n = len(blocks)
         if not -n <= layer < n:
             raise ParameterError(
-                f"{method}: block index {layer} is out of range for a model with {n} blocks "
+                f"{method}: layer={layer} is out of range for a model with {n} blocks "
                 f"(valid: {-n} .. {n - 1})"
             )
         return blocks[layer].norm1
@@ -122,7 +122,7 @@ class GradCAM(Explainer):
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         x = inputs.detach().requires_grad_(True)
         with torch.enable_grad(), Capture(adapter, layers={"target": module}) as cap:
-            logits = adapter.forward_logits(x)
+            logits = adapter.logits(x)
             tokens = cap.layer("target")
             score = logits.gather(1, target.unsqueeze(1)).sum()
             (grad,) = cap.grads(score, [tokens])

@@ -10,7 +10,13 @@ import torch
 from .._errors import ParameterError
 from ..models._base import ModelAdapter
 from ..models._capture import QKV, Capture
-from ._base import Explainer, check_batch_size, check_positive_int
+from ._base import (
+    Explainer,
+    check_batch_size,
+    check_finite_number,
+    check_flag,
+    check_positive_int,
+)
 from ._registration import register_method
 from ._scoring import check_precision, fill_perturb, resolve_batch_size, score_binary_masks
 
@@ -99,12 +105,10 @@ class GradMask(Explainer):
     ) -> None:
         self.masks_per_layer = check_positive_int("masks_per_layer", masks_per_layer, self.name)
         self.blocks = blocks
-        if isinstance(fill, bool) or not isinstance(fill, (int, float)):
-            raise ParameterError(f"gradmask: fill must be a number, got {fill!r}")
-        self.fill = float(fill)
+        self.fill = check_finite_number("fill", fill, self.name)
         self.batch_size = check_batch_size(batch_size, self.name)
         self.precision = check_precision(precision, self.name)
-        self.compile = bool(compile)
+        self.compile = check_flag("compile", compile, self.name)
 
     def masks(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor

@@ -9,7 +9,13 @@ import torch
 
 from .._errors import ParameterError
 from ..models._base import ModelAdapter
-from ._base import Explainer, check_batch_size, check_positive_int
+from ._base import (
+    Explainer,
+    check_batch_size,
+    check_finite_number,
+    check_flag,
+    check_positive_int,
+)
 from ._registration import register_method
 from ._scoring import check_precision, fill_perturb, resolve_batch_size, sum_weighted_masks
 
@@ -131,12 +137,10 @@ class RISE(Explainer):
             )
         self.keep_prob = float(keep_prob)
         self.seed = check_seed(seed, self.name)
-        if isinstance(fill, bool) or not isinstance(fill, (int, float)):
-            raise ParameterError(f"rise: fill must be a number, got {fill!r}")
-        self.fill = float(fill)
+        self.fill = check_finite_number("fill", fill, self.name)
         self.batch_size = check_batch_size(batch_size, self.name)
         self.precision = check_precision(precision, self.name)
-        self.compile = bool(compile)
+        self.compile = check_flag("compile", compile, self.name)
 
     # --- masks ----------------------------------------------------------------------------
     def cell_size(self, size: tuple[int, int]) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from .._errors import ParameterError
 from ..models._base import ModelAdapter
 from ..models._capture import Capture
-from ._base import Explainer, check_batch_size
+from ._base import Explainer, check_batch_size, check_flag
 from ._registration import register_method
 from ._scoring import Perturb, check_precision, score_masks
 from .gradcam import check_layer_param, resolve_layer, tokens_to_grid
@@ -140,7 +141,7 @@ class ViTCX(Explainer):
         self.seed = check_seed(seed, self.name)
         self.batch_size = check_batch_size(batch_size, self.name)
         self.precision = check_precision(precision, self.name)
-        self.compile = bool(compile)
+        self.compile = check_flag("compile", compile, self.name)
 
     def feature_masks(self, adapter: ModelAdapter, inputs: torch.Tensor) -> torch.Tensor:
         """Step 1-2: B x D x H x W soft masks from the layer's patch embeddings."""
@@ -236,6 +237,13 @@ def combine(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 def _check_number(name: str, value: Any, lo: float, hi: float, method: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ParameterError(f"{method}: {name} must be a number in [{lo}, {hi}], got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
+        raise ParameterError(
+            f"{method}: {name} must be a finite number in [{lo}, {hi}], got {value!r}"
+        )
     return float(value)

@@ -6,6 +6,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from .._registry import Registry
+from . import zoo  # noqa: F401  (registers the shipped models' aliases)
 from ._base import Geometry, ModelAdapter, model_lock
 from ._capture import Capture
 from ._guard import hook_counts, preserved_state
@@ -17,6 +18,7 @@ from ._loading import (
     save_checkpoint,
 )
 from ._preprocessing import Preprocessing
+from .convert import hf_to_timm, timm_to_hf
 from .hf_vit import HFViTAdapter
 from .timm_vit import TimmViTAdapter
 
@@ -55,6 +57,7 @@ __all__ = [
     "adapters",
     "attach_preprocessing",
     "get_adapter",
+    "hf_to_timm",
     "hook_counts",
     "load_checkpoint",
     "load_model",
@@ -62,4 +65,5 @@ __all__ = [
     "model_lock",
     "preserved_state",
     "save_checkpoint",
+    "timm_to_hf",
 ]

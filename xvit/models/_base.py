@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._errors import InvalidInputError
+from .._errors import InvalidInputError, ModelOutputError, UnsupportedModelError, XvitError
 from ._preprocessing import Preprocessing
 
 
@@ -102,7 +102,13 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
-    """One re-entrant lock per model: concurrent explanations of one model take turns."""
+    """One re-entrant lock per model: concurrent explanations of one model take turns.
+
+    xvit holds it for a whole explanation or metric call, while hooks are registered
+    (:class:`~xvit.models.Capture`), while attention flags are switched, and around every
+    forward it runs (:meth:`ModelAdapter.logits`), so two threads never see each other's
+    captures or flags. Forwards the user runs in other threads are not covered.
+    """
     with _LOCKS_GUARD:
         lock = _MODEL_LOCKS.get(model)
         if lock is None:
@@ -116,7 +122,9 @@ class ModelAdapter(ABC):
 
     Subclasses implement :meth:`matches` (chosen by the model's type), the geometry,
     preprocessing, :meth:`forward_logits`, :meth:`blocks`, and how to switch the model to an
-    attention implementation that materialises the probabilities.
+    attention implementation that materialises the probabilities. xvit's own code runs the
+    model through :meth:`logits`, which turns a model that raises or returns NaN into one
+    :class:`~xvit.ModelOutputError`.
 
     Example:
         >>> import timm, xvit
@@ -183,13 +191,69 @@ class ModelAdapter(ABC):
         themselves report in eval mode.
         """
 
+    def logits(
+        self,
+        x: torch.Tensor,
+        *,
+        check_finite: bool = True,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward_logits` under the model's lock, with model faults made clear.
+
+        An exception raised inside the model's forward becomes a
+        :class:`~xvit.ModelOutputError` naming it, with the original chained as its cause.
+        xvit's own errors (e.g. a :class:`~xvit.CaptureError` from a hook), out-of-memory
+        errors (so callers can retry with smaller batches) and ``KeyboardInterrupt`` pass
+        through unchanged.
+
+        Args:
+            x: A preprocessed B x C x H x W batch on the model's device.
+            check_finite: Raise :class:`~xvit.ModelOutputError` when any logit is NaN or
+                infinite. Loops that run many forwards pass False and check their results
+                once at the end, which avoids a device synchronisation per forward.
+            forward: Another way to compute :meth:`forward_logits` (e.g. its
+                ``torch.compile`` form), run with the same lock and error handling.
+
+        Returns:
+            B x classes logits.
+
+        Example:
+            >>> import timm, torch, xvit
+            >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1,
+            ...                       img_size=32, patch_size=8).eval()
+            >>> xvit.get_adapter(m).logits(torch.randn(2, 3, 32, 32)).shape
+            torch.Size([2, 3])
+        """
+        with model_lock(self.model):
+            try:
+                out = (forward or self.forward_logits)(x)
+            except (XvitError, torch.cuda.OutOfMemoryError):
+                raise
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
+                raise ModelOutputError(
+                    f"the model's forward raised {type(exc).__name__}: {first} (on a batch of "
+                    f"{_describe(x)}); the error comes from the model itself: check that "
+                    f"model(x) runs on such a batch (the original error is chained below)"
+                ) from exc
+        if check_finite:
+            check_finite_logits(out, "inputs of one forward")
+        return out
+
     @abstractmethod
     @contextmanager
     def eager_attention(self) -> Iterator[None]:
         """Switch to an attention path that materialises probabilities; restore on exit."""
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`~xvit.InvalidInputError` when the batch cannot go through the model."""
+        """Raise :class:`~xvit.InvalidInputError` when the batch cannot go through the model
+        (and :class:`~xvit.UnsupportedModelError` when the model has no weights to run)."""
+        if self.device.type == "meta":
+            raise UnsupportedModelError(
+                "the model's parameters are on the meta device (shapes only, no values), so it "
+                "cannot be run; materialise it first, e.g. model.to_empty(device='cpu') and "
+                "load_state_dict(...), or build it with its weights"
+            )
         geo = self.geometry
         if x.dim() != 4:
             raise InvalidInputError(
@@ -222,3 +286,24 @@ class ModelAdapter(ABC):
                 f"expected a floating-point, preprocessed tensor, got dtype {x.dtype}; pass raw "
                 f"images (paths, PIL, uint8 arrays) to have xvit preprocess them"
             )
+
+
+def _describe(x: torch.Tensor) -> str:
+    shape = " x ".join(str(int(d)) for d in x.shape)
+    return f"{shape} {str(x.dtype).replace('torch.', '')} on {x.device}"
+
+
+def check_finite_logits(values: torch.Tensor, what: str) -> None:
+    """Raise :class:`~xvit.ModelOutputError` when a B x ... result has NaN or inf entries.
+
+    ``what`` names the inputs whose results ``values`` holds ("inputs of one forward",
+    "masked copies of the images", ...).
+    """
+    finite = torch.isfinite(values).reshape(values.shape[0], -1).all(dim=1)
+    bad = int((~finite).sum())
+    if bad:
+        raise ModelOutputError(
+            f"the model returned NaN or infinite values for {bad} of {values.shape[0]} {what}; "
+            f"check the model's weights and the input's preprocessing (and any fill or noise "
+            f"value the method puts into the image)"
+        )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .._errors import CaptureError
+from ._base import model_lock
 
 if TYPE_CHECKING:
     from ._base import ModelAdapter
@@ -60,9 +61,13 @@ class Capture:
         self._qkv_raw: list[list[torch.Tensor | None]] = []
         self._attn: list[torch.Tensor | None] = []
         self._layers: dict[str, torch.Tensor | None] = {}
+        self._lock = model_lock(adapter.model)
 
     # --- context --------------------------------------------------------------------------
     def __enter__(self) -> Capture:
+        # the model's lock is held while the hooks exist, so another thread's forward
+        # (through xvit) cannot run into them
+        self._lock.acquire()
         try:
             blocks = self.adapter.blocks()
             if self.want_qkv:
@@ -79,6 +84,7 @@ class Capture:
                 self._hook(module, self._store_layer(name))
         except BaseException:
             self.remove()
+            self._lock.release()
             raise
         return self
 
@@ -88,7 +94,10 @@ class Capture:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.remove()
+        try:
+            self.remove()
+        finally:
+            self._lock.release()
 
     def remove(self) -> None:
         """Remove every hook this capture registered (idempotent)."""

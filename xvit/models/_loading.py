@@ -28,6 +28,9 @@ model_aliases: Registry[str] = Registry("model alias")
 model_aliases.register("vit", "hf:google/vit-base-patch16-224")
 model_aliases.register("deit", "hf:facebook/deit-base-distilled-patch16-224")
 
+#: Spec prefix: ``hf-twin:<spec>`` loads ``<spec>`` (a timm ViT/DeiT) and converts it to HF.
+HF_TWIN = "hf-twin:"
+
 OFFLINE_HINT = (
     "offline choices: a shipped model such as 'xvit:digits-vit', a local checkpoint path, or a "
     "model object you built yourself"
@@ -98,7 +101,8 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
     Args:
         spec: ``timm:<name>`` (pretrained weights from the hub), ``hf:<repo id>``, an alias
             (``vit``, ``deit``, ``xvit:digits-vit``, ...), a directory saved with
-            ``save_pretrained``, or a ``.safetensors`` file written by :func:`save_checkpoint`.
+            ``save_pretrained``, a ``.safetensors`` file written by :func:`save_checkpoint`,
+            or ``hf-twin:<any of these>``: that timm model converted to HuggingFace.
         device: Where to put the model.
 
     Returns:
@@ -112,12 +116,18 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
     while spec in model_aliases and spec not in seen:
         seen.add(spec)
         spec = model_aliases.get(spec)
+    if spec.startswith(HF_TWIN):
+        from .convert import timm_to_hf
+
+        return timm_to_hf(load_model(spec[len(HF_TWIN) :])).to(device).eval()
     if spec.startswith("timm:"):
         model = _load_timm(spec[5:])
     elif spec.startswith("hf:"):
         model = _load_hf(spec[3:])
     elif Path(spec).exists():
         model = _load_path(Path(spec))
+    elif spec.endswith(".safetensors"):
+        raise ModelLoadError(f"checkpoint file not found: {spec}; check the path")
     else:
         known = ", ".join(model_aliases.names())
         raise UnknownNameError(
@@ -221,7 +231,9 @@ def _load_path(path: Path) -> nn.Module:
         try:
             model = AutoModelForImageClassification.from_pretrained(str(path))
         except Exception as exc:
-            raise ModelLoadError(f"could not load the HF model saved in {path}: {exc}") from None
+            raise ModelLoadError(
+                f"could not load the HF model saved in {path}: {_one_line(exc)}"
+            ) from None
         prep = _hf_processor_preprocessing(str(path), model)
         if prep is not None:
             attach_preprocessing(model, prep)
@@ -246,19 +258,35 @@ def load_checkpoint(path: str | Path) -> nn.Module:
             meta = f.metadata() or {}
         state = load_file(str(path))
     except Exception as exc:
-        raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from None
+        raise ModelLoadError(
+            f"{path} is not a readable safetensors file: {_one_line(exc)}"
+        ) from None
     if meta.get("xvit_format") != "timm":
         raise ModelLoadError(
             f"{path} has no xvit metadata (timm_name, model_kwargs); save it with "
             f"xvit.save_checkpoint"
         )
-    kwargs = json.loads(meta["model_kwargs"])
-    model = timm.create_model(meta["timm_name"], pretrained=False, **kwargs)
-    model.load_state_dict(state)
-    prep = json.loads(meta["preprocessing"])
-    prep["size"] = tuple(prep["size"])
-    prep["mean"] = tuple(prep["mean"])
-    prep["std"] = tuple(prep["std"])
-    attach_preprocessing(model, Preprocessing(**prep))
+    try:  # metadata and weights that do not fit together: a damaged or foreign file
+        kwargs = json.loads(meta["model_kwargs"])
+        model = timm.create_model(meta["timm_name"], pretrained=False, **kwargs)
+        model.load_state_dict(state)
+        prep = json.loads(meta["preprocessing"])
+        prep["size"] = tuple(prep["size"])
+        prep["mean"] = tuple(prep["mean"])
+        prep["std"] = tuple(prep["std"])
+        preprocessing = Preprocessing(**prep)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path} has xvit metadata, but the model cannot be rebuilt from it "
+            f"({type(exc).__name__}: {_one_line(exc)}); the file is damaged or incomplete: "
+            f"save the model again with xvit.save_checkpoint"
+        ) from None
+    attach_preprocessing(model, preprocessing)
     setattr(model, "pretrained_cfg", {**getattr(model, "pretrained_cfg", {}), **meta})  # noqa: B010
     return model
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, shortened to ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

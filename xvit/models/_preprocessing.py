@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,96 @@ class Preprocessing:
         """Map model inputs back to [0, 1] pixels (not clamped)."""
         mean, std = self._stats(x)
         return x * std + mean
+
+    def resize_layout(self, original_size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Where an image of ``original_size`` (width, height) goes in :meth:`__call__`.
+
+        Returns:
+            (resized width, resized height, crop left, crop top): the image is resized to the
+            first two, then the model input is the ``size`` window at (left, top).
+        """
+        w, h = int(original_size[0]), int(original_size[1])
+        th, tw = self.size
+        if self.squash:
+            return tw, th, 0, 0
+        if th == tw:
+            short = math.floor(th / self.crop_pct)
+            if w <= h:
+                nw, nh = short, max(1, round(h * short / w))
+            else:
+                nw, nh = max(1, round(w * short / h)), short
+        else:
+            nw, nh = math.floor(tw / self.crop_pct), math.floor(th / self.crop_pct)
+        return nw, nh, max(0, round((nw - tw) / 2)), max(0, round((nh - th) / 2))
+
+    def transform_boxes(
+        self,
+        boxes: Sequence[Sequence[float]],
+        original_size: tuple[int, int],
+    ) -> tuple[tuple[float, float, float, float], ...]:
+        """Map boxes from the original image into model-input pixel coordinates.
+
+        Applies the same resize and centre crop as :meth:`__call__`: a box is scaled with the
+        image, shifted by the crop offset, and clipped to the input; boxes that the crop cuts
+        away entirely are dropped.
+
+        Args:
+            boxes: (x0, y0, x1, y1) boxes in the original image's pixel coordinates (edges:
+                a box covering pixel columns 2..4 is x0=2, x1=5).
+            original_size: (width, height) of the original image, as PIL's ``Image.size``.
+
+        Returns:
+            The boxes in input coordinates, in the same order, without the dropped ones.
+
+        Raises:
+            InvalidInputError: A box is not four numbers with x0 <= x1 and y0 <= y1, or the
+                size is not two positive integers.
+
+        Example:
+            >>> p = Preprocessing(size=(32, 32), squash=True)
+            >>> p.transform_boxes([(0, 0, 32, 16)], original_size=(64, 64))
+            ((0.0, 0.0, 16.0, 8.0),)
+        """
+        from .._errors import InvalidInputError
+
+        if (
+            len(original_size) != 2
+            or any(
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in original_size
+            )
+            or min(original_size) <= 0
+        ):
+            raise InvalidInputError(
+                f"original_size must be the image's (width, height) in pixels, got "
+                f"{original_size!r}; pass PIL's image.size"
+            )
+        w, h = int(original_size[0]), int(original_size[1])
+        nw, nh, left, top = self.resize_layout((w, h))
+        th, tw = self.size
+        sx, sy = nw / w, nh / h
+        out = []
+        for box in boxes:
+            values = tuple(box)
+            if len(values) != 4 or not all(
+                isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+                for v in values
+            ):
+                raise InvalidInputError(
+                    f"a box must be four finite numbers (x0, y0, x1, y1), got {box!r}"
+                )
+            x0, y0, x1, y1 = (float(v) for v in values)
+            if x1 < x0 or y1 < y0:
+                raise InvalidInputError(
+                    f"box {box!r} has x1 < x0 or y1 < y0; boxes are (x0, y0, x1, y1) with the "
+                    f"top-left corner first"
+                )
+            nx0 = min(max(x0 * sx - left, 0.0), float(tw))
+            nx1 = min(max(x1 * sx - left, 0.0), float(tw))
+            ny0 = min(max(y0 * sy - top, 0.0), float(th))
+            ny1 = min(max(y1 * sy - top, 0.0), float(th))
+            if nx1 > nx0 and ny1 > ny0:
+                out.append((nx0, ny0, nx1, ny1))
+        return tuple(out)
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (-1, 1, 1) if x.dim() == 3 else (1, -1, 1, 1)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource
+from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, model_lock
 from ._preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 SUPPORTED = (
@@ -186,18 +186,20 @@ class HFViTAdapter(ModelAdapter):
 
     @contextmanager
     def eager_attention(self) -> Iterator[None]:
-        configs = {id(self.config): self.config}
-        for module in self.model.modules():
-            cfg = getattr(module, "config", None)
-            if cfg is not None and hasattr(cfg, "_attn_implementation"):
-                configs[id(cfg)] = cfg
-        saved = [(cfg, cfg._attn_implementation) for cfg in configs.values()]
-        self._output_attentions = True
-        try:
-            for cfg, _ in saved:
-                cfg._attn_implementation = "eager"
-            yield
-        finally:
-            self._output_attentions = False
-            for cfg, impl in saved:
-                cfg._attn_implementation = impl
+        # under the model's lock: two threads must not save and restore each other's settings
+        with model_lock(self.model):
+            configs = {id(self.config): self.config}
+            for module in self.model.modules():
+                cfg = getattr(module, "config", None)
+                if cfg is not None and hasattr(cfg, "_attn_implementation"):
+                    configs[id(cfg)] = cfg
+            saved = [(cfg, cfg._attn_implementation) for cfg in configs.values()]
+            self._output_attentions = True
+            try:
+                for cfg, _ in saved:
+                    cfg._attn_implementation = "eager"
+                yield
+            finally:
+                self._output_attentions = False
+                for cfg, impl in saved:
+                    cfg._attn_implementation = impl

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource
+from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, model_lock
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 
@@ -123,14 +123,16 @@ class TimmViTAdapter(ModelAdapter):
 
     @contextmanager
     def eager_attention(self) -> Iterator[None]:
-        saved = [(a, bool(getattr(a, "fused_attn", False))) for a in self._attns]
-        try:
-            for attn, _ in saved:
-                attn.fused_attn = False
-            yield
-        finally:
-            for attn, flag in saved:
-                attn.fused_attn = flag
+        # under the model's lock: two threads must not save and restore each other's flags
+        with model_lock(self.model):
+            saved = [(a, bool(getattr(a, "fused_attn", False))) for a in self._attns]
+            try:
+                for attn, _ in saved:
+                    attn.fused_attn = False
+                yield
+            finally:
+                for attn, flag in saved:
+                    attn.fused_attn = flag
 
 
 def _tensor_or_none(output: Any) -> torch.Tensor | None:
