@@ -142,7 +142,7 @@ def bench_case(
             params["seed"] = 0
         n = n_images if method == "gradmask" else max(1, n_images // 8)
         # warm-up (and compilation) outside the timing
-        xvit.explain(method, model, x[:2], **params)
+        xvit.explain(method, model, x[:1], **params)
         _, secs, peak = timed(
             lambda m=method, n=n, p=params: xvit.explain(m, model, x[:n], **p), device
         )
@@ -168,6 +168,7 @@ def bench_case(
             if roofline:
                 row["roofline_fraction"] = achieved / roofline
         rows.append(row)
+        print("row:", json.dumps(row), flush=True)
     return rows
 
 
@@ -276,13 +277,16 @@ def main() -> None:
         extra["gpu"] = torch.cuda.get_device_name(gpu)
         roof = matmul_tflops(gpu)
         extra["bf16_matmul_tflops"] = roof
+        print("gpu:", extra["gpu"], "bf16 matmul TFLOP/s:", round(roof, 1), flush=True)
         n = 32 if args.quick else 256
-        for name, label in (
+        cases = (
             ("vit_base_patch16_224", "ViT-B/16"),
             ("deit_base_distilled_patch16_224", "DeiT-B-distilled"),
-        ):
+        )
+        for name, label in cases:
             model = build(name, gpu)
             for precision in ("bf16", "fp32"):
+                more = precision == "bf16" and label == "ViT-B/16"
                 rows += bench_case(
                     f"{label} (random), CUDA",
                     model,
@@ -291,25 +295,25 @@ def main() -> None:
                     16,
                     precision=precision,
                     batch_size=512,
-                    methods=("gradmask",)
-                    if precision == "fp32" or label != "ViT-B/16"
-                    else ("gradmask", "rise", "vitcx"),
+                    methods=("gradmask", "rise", "vitcx") if more else ("gradmask",),
                     check_equal=precision == "fp32",
                     roofline=roof,
                 )
-            if args.compile and label == "ViT-B/16":
-                rows += bench_case(
-                    f"{label} (random), CUDA, compiled",
-                    model,
-                    gpu,
-                    n,
-                    16,
-                    precision="bf16",
-                    batch_size=512,
-                    roofline=roof,
-                    compile_model=True,
-                )
+            del model
         extra["memory_cuda"] = memory_scaling(gpu, 10, 100 if args.quick else 1000)
+        print("memory:", json.dumps(extra["memory_cuda"]), flush=True)
+        if args.compile:
+            rows += bench_case(
+                "ViT-B/16 (random), CUDA, compiled",
+                build("vit_base_patch16_224", gpu),
+                gpu,
+                n,
+                16,
+                precision="bf16",
+                batch_size=512,
+                roofline=roof,
+                compile_model=True,
+            )
     print_table(rows)
     print(json.dumps(extra, indent=1))
     if args.json:

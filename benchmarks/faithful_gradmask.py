@@ -45,6 +45,8 @@ def faithful_gradmask_one(
         cls = int(logits.argmax()) if target is None else target
         model.zero_grad(set_to_none=True)
         logits[0, cls].backward()
+        for handle in handles:
+            handle.remove()
         rows = {"q": [], "k": [], "v": []}
         for out in outputs[:-1]:  # all blocks but the last, as the authors' code
             g = out.grad[0]  # N x 3D

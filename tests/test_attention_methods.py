@@ -12,10 +12,10 @@ import math
 
 import pytest
 import torch
-from conftest import DEPTH, MODEL_FACTORIES, model_input
 from torch import nn
 
 import xvit
+from conftest import DEPTH, MODEL_FACTORIES, model_input
 from xvit import ParameterError
 from xvit.methods.rollout import add_residual, discard_lowest
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import MODEL_FACTORIES
 from PIL import Image
 
 import xvit
+from conftest import MODEL_FACTORIES
 from xvit.cli import main
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MODEL_FACTORIES, model_input
-from model_state import snapshot
 
 import xvit
+from conftest import MODEL_FACTORIES, model_input
+from model_state import snapshot
 
 METHODS = xvit.list_methods()
 

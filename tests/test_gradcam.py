@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import MODEL_FACTORIES, model_input
 from torch import nn
 
 import xvit
+from conftest import MODEL_FACTORIES, model_input
 from xvit.methods.gradcam import GradCAM
 
 pytest.importorskip("pytorch_grad_cam")

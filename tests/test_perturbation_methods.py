@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import MODEL_FACTORIES, model_input
 from torch import nn
 
 import xvit
+from conftest import MODEL_FACTORIES, model_input
 from xvit.methods._scoring import score_masks, sum_weighted_masks
 from xvit.methods.rise import RISE
 from xvit.methods.vitcx import ViTCX, combine
