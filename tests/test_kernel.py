@@ -24,6 +24,14 @@ class CountingAdapter:
         self.batches.append(int(x.shape[0]))
         return self.inner.forward_logits(x)
 
+    def scoring_logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(int(x.shape[0]))
+        return self.inner.scoring_logits(x)
+
+    def logits(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        forward = kwargs.pop("forward", None) or self.forward_logits
+        return forward(x)
+
 
 def _binary_masks_with_repeats(b: int, k: int, h: int, w: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
@@ -100,3 +108,29 @@ def test_compiled_scoring_matches_eager(timm_vit: torch.nn.Module) -> None:
     eager = xvit.explain("gradmask", timm_vit, x, batch_size=32)
     compiled = xvit.explain("gradmask", timm_vit, x, batch_size=32, compile=True)
     torch.testing.assert_close(compiled.map, eager.map, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", sorted(MODEL_FACTORIES))
+def test_scoring_forward_equals_the_model_forward(model_name: str) -> None:
+    """The masked-scoring forward (with its last-block shortcut where the adapter has one)
+    gives the model's own logits, in eval and for every token layout."""
+    model = MODEL_FACTORIES[model_name]()
+    adapter = xvit.get_adapter(model)
+    x = model_input(model, batch=3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            adapter.scoring_logits(x), adapter.forward_logits(x), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_last_block_shortcut_skips_patch_rows(timm_vit: torch.nn.Module) -> None:
+    seen: list[int] = []
+    handle = timm_vit.blocks[-1].mlp.register_forward_hook(
+        lambda m, i, o: seen.append(int(o.shape[1]))
+    )
+    try:
+        with torch.no_grad():
+            xvit.get_adapter(timm_vit).scoring_logits(model_input(timm_vit))
+    finally:
+        handle.remove()
+    assert seen == [timm_vit.num_prefix_tokens]

@@ -14,6 +14,10 @@ from .methods._registration import get_method
 from .models import get_adapter, model_lock, preserved_state
 
 
+#: Images per forward when reading the clean logits, so memory does not grow with the batch.
+LOGITS_CHUNK = 64
+
+
 def make_explainer(method: str | type[Explainer] | Explainer, **params: Any) -> Explainer:
     """An :class:`Explainer` from a name, a class, or an instance (then no params)."""
     if isinstance(method, Explainer):
@@ -71,7 +75,7 @@ def explain(
     with model_lock(adapter.model), preserved_state(adapter.model):
         try:
             with torch.inference_mode():
-                logits = adapter.logits(x)
+                logits = torch.cat([adapter.logits(part) for part in x.split(LOGITS_CHUNK)])
             targets = resolve_targets(target, logits, adapter.num_classes)
             probs = logits.float().softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
             maps = explainer.attribute(adapter, x, targets)

@@ -76,11 +76,11 @@ def scoring_forward(
     """The logits function used for masked forwards: the model's own (fused/SDPA) attention,
     optionally under bf16 autocast and/or ``torch.compile``."""
     check_precision(precision, "scoring")
-    base: Callable[[torch.Tensor], torch.Tensor] = adapter.forward_logits
+    base: Callable[[torch.Tensor], torch.Tensor] = adapter.scoring_logits
     if compile:
         compiled = _COMPILED.get(adapter.model)
         if compiled is None:
-            compiled = torch.compile(adapter.forward_logits, dynamic=False)
+            compiled = torch.compile(adapter.scoring_logits, dynamic=False)
             _COMPILED[adapter.model] = compiled
         base = compiled
     device_type = adapter.device.type

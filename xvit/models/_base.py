@@ -191,6 +191,15 @@ class ModelAdapter(ABC):
         themselves report in eval mode.
         """
 
+    def scoring_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for the masked forwards, where only the output matters (no captures).
+
+        Equal to :meth:`forward_logits` (up to float rounding); adapters may override it with
+        an exact shortcut, e.g. computing only the tokens the classifier reads in the last
+        block.
+        """
+        return self.forward_logits(x)
+
     def logits(
         self,
         x: torch.Tensor,
