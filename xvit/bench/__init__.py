@@ -9,12 +9,13 @@ Example:
 from __future__ import annotations
 
 from ._report import Estimate, MethodSummary, estimate
-from .runner import BenchmarkResults, image_seed, run_benchmark
+from .runner import BenchmarkResults, RankFailedError, image_seed, run_benchmark
 
 __all__ = [
     "BenchmarkResults",
     "Estimate",
     "MethodSummary",
+    "RankFailedError",
     "estimate",
     "image_seed",
     "run_benchmark",

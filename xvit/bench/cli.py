@@ -1,13 +1,20 @@
-"""``xvit bench``: the benchmark runner on the command line (wired in by :mod:`xvit.cli`)."""
+"""``xvit bench``: the benchmark runner on the command line (wired in by :mod:`xvit.cli`).
+
+The same command runs distributed under ``torchrun`` (see ``docs/distributed.md``)::
+
+    torchrun --nproc_per_node=8 -m xvit bench --device cuda --out bench-out
+"""
 
 from __future__ import annotations
 
+import ast
 import sys
 import traceback
+from typing import Any
 
 import click
 
-from .._errors import XvitError
+from .._errors import ParameterError, XvitError
 
 DEFAULT_MODEL = "xvit:digits-vit"
 DEFAULT_DATA = "digits"
@@ -37,11 +44,14 @@ DEFAULT_DATA = "digits"
 )
 @click.option(
     "--n",
+    "-n",
+    "--images",
     "n",
     type=click.IntRange(min=1),
     default=200,
     show_default=True,
-    help="Number of images (the first N of the dataset).",
+    help="Number of images (the first N of the dataset). Under torchrun write -n or "
+    "--images: torchrun's own parser takes --n for an abbreviation of its options.",
 )
 @click.option(
     "--batch-size",
@@ -78,6 +88,22 @@ DEFAULT_DATA = "digits"
     is_flag=True,
     help="Start over (old results are renamed with a time stamp, never deleted).",
 )
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="METHOD.KEY=VALUE",
+    help="A method parameter, e.g. -p gradmask.masks_per_layer=1 (repeatable).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600.0,
+    show_default=True,
+    help="Under torchrun: seconds a rank waits for the others (the end of the run waits "
+    "for the slowest rank).",
+)
 def bench_command(
     model: str,
     data: str,
@@ -90,11 +116,14 @@ def bench_command(
     target: str,
     out_dir: str,
     no_resume: bool,
+    params: tuple[str, ...],
+    timeout: float,
 ) -> None:
     """Evaluate explanation methods with metrics and print a method x metric table.
 
     Per-image results are written to OUT/results.jsonl as they are computed; running the
-    same command again resumes where an interrupted run stopped.
+    same command again resumes where an interrupted run stopped. Under torchrun every rank
+    takes its share of the images and rank 0 writes the table.
     """
     from .runner import run_benchmark
 
@@ -102,7 +131,7 @@ def bench_command(
         results = run_benchmark(
             model,
             data,
-            methods=methods,
+            methods=with_params(methods, params),
             metrics=metrics,
             n=n,
             batch_size=batch_size,
@@ -112,6 +141,7 @@ def bench_command(
             out_dir=out_dir,
             resume=not no_resume,
             progress=True,
+            timeout=timeout,
         )
     except XvitError as exc:
         ctx = click.get_current_context()
@@ -121,3 +151,41 @@ def bench_command(
         sys.exit(2)
     for name, path in results.files.items():
         click.echo(f"{name}: {path}", err=True)
+
+
+def with_params(methods: str, params: tuple[str, ...]) -> Any:
+    """``methods`` as given, or, with ``METHOD.KEY=VALUE`` params, a list in which the
+    named methods are built with their parameters (values are Python literals when they
+    parse, else strings).
+
+    Example:
+        >>> [getattr(m, "masks_per_layer", m) for m in
+        ...  with_params("gradmask,attention", ("gradmask.masks_per_layer=1",))]
+        [1, 'attention']
+    """
+    if not params:
+        return methods
+    from ..methods._registration import get_method, list_methods
+
+    names = list_methods() if methods == "all" else [m.strip() for m in methods.split(",")]
+    names = [m for m in names if m]
+    by_method: dict[str, dict[str, Any]] = {}
+    for item in params:
+        key, eq, raw = item.partition("=")
+        method, dot, name = key.strip().partition(".")
+        if not eq or not dot or not method or not name:
+            raise ParameterError(
+                f"--param {item!r} is not METHOD.KEY=VALUE; write e.g. "
+                f"-p gradmask.masks_per_layer=1"
+            )
+        if method not in names:
+            raise ParameterError(
+                f"--param {item!r} is for method {method!r}, which is not among the methods "
+                f"of this run ({', '.join(names)}); add it to --methods"
+            )
+        try:
+            value: Any = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        by_method.setdefault(method, {})[name.replace("-", "_")] = value
+    return [get_method(m).create(**by_method[m]) if m in by_method else m for m in names]

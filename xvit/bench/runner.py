@@ -32,6 +32,17 @@ from ..metrics._base import Metric
 from ..metrics._registration import get_metric, list_metrics
 from ..models import get_adapter, load_model
 from ..models._base import ModelAdapter
+from ._distributed import (
+    RankFailedError,
+    Ranks,
+    announce_failure,
+    clear_failures,
+    failure_message,
+    peer_failed,
+    shard,
+    wants_distributed,
+)
+from ._distributed import start as start_ranks
 from ._report import (
     MethodSummary,
     markdown_table,
@@ -41,10 +52,18 @@ from ._report import (
     write_csv,
     write_json,
 )
-from ._store import ResultStore, to_json_number
+from ._store import (
+    RESULTS_FILE,
+    ResultStore,
+    consolidate,
+    load_results,
+    merge_record,
+    rank_file,
+    result_files,
+    to_json_number,
+)
 
 TARGETS = ("label", "prediction")
-RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "run.json"
 
 
@@ -59,6 +78,21 @@ class BenchmarkResults:
         table: The Markdown table that was printed.
         fractions: x positions of each curve metric's points.
         files: Paths of the files written (results, run, table, csv, json, curves).
+
+    Example:
+        >>> import timm
+        >>> from PIL import Image
+        >>> from types import SimpleNamespace as S
+        >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1, img_size=32,
+        ...                       patch_size=8)
+        >>> blank = Image.new("RGB", (32, 32))
+        >>> data = [S(image=blank, label=0, boxes=(), id=str(i)) for i in range(2)]
+        >>> r = run_benchmark(m, data, methods="random", metrics="insertion", n=2,
+        ...                   progress=False)  # doctest: +ELLIPSIS
+        | method | n | insertion ↑ | time (s) | expl/s |
+        ...
+        >>> r.summary("random").images, len(r.records), list(r.fractions)
+        (2, 2, ['insertion'])
     """
 
     config: dict[str, Any]
@@ -80,7 +114,14 @@ class BenchmarkResults:
 
 
 def image_seed(seed: int, image_id: str) -> int:
-    """A 32-bit seed for one image, stable across runs, batches and processes."""
+    """A 32-bit seed for one image, stable across runs, batches and processes.
+
+    Example:
+        >>> image_seed(0, "img1") == image_seed(0, "img1")  # stable
+        True
+        >>> image_seed(0, "img1") == image_seed(1, "img1")  # another run seed, another seed
+        False
+    """
     digest = hashlib.sha256(f"{seed}/{image_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
@@ -248,8 +289,7 @@ def _check_resume(path: Path, config: dict[str, Any]) -> None:
 
 def _move_aside(out: Path) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for name in (RESULTS_FILE, CONFIG_FILE):
-        p = out / name
+    for p in [*result_files(out), out / CONFIG_FILE]:
         if p.exists():
             p.rename(out / f"{p.stem}-{stamp}{p.suffix}")
 
@@ -267,8 +307,17 @@ def run_benchmark(
     out_dir: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
+    distributed: bool | None = None,
+    timeout: float = 3600.0,
 ) -> BenchmarkResults:
     """Evaluate explanation methods with metrics on a dataset, the same way for every method.
+
+    Under ``torchrun`` (or in a process group that is already initialised) the run is
+    distributed: every rank pins its own device (``cuda:LOCAL_RANK``), takes every
+    ``world_size``-th of the images still to do, appends its records to
+    ``results.rank<R>.jsonl``, and rank 0 gathers all results files into ``results.jsonl`` and
+    the same table, CSV, JSON and plot a single-process run writes. Results are keyed by image
+    and method, so a run resumes from any earlier run, whatever its number of ranks.
 
     Args:
         model: A model spec for :func:`xvit.load_model` (``xvit:digits-vit``, ``timm:...``,
@@ -282,24 +331,34 @@ def run_benchmark(
         metrics: ``"all"`` or names / classes / configured metric instances.
         n: Number of images (the first ``n``; None for all).
         batch_size: Images per explanation call.
-        device: Where the model runs (None: where it is; a model object is moved).
+        device: Where the model runs (None: where it is; a model object is moved). In a
+            distributed run a CUDA device becomes ``cuda:LOCAL_RANK``.
         seed: Base seed; image ``id`` gets its own seed from (seed, id).
         target: ``"label"`` (the dataset's class) or ``"prediction"`` (the model's class on
             the clean image).
         out_dir: Folder for ``results.jsonl`` (per image, written as it goes), ``run.json``,
             ``table.md``, ``summary.csv``, ``summary.json`` and ``curves.png``; None keeps
-            everything in memory.
-        resume: Skip (image id, method) pairs already in ``results.jsonl`` whose record has
-            every requested metric; False moves old results aside (renamed with a time stamp)
-            and starts over.
-        progress: Show a progress bar on stderr.
+            everything in memory. Required in a distributed run, on a file system that every
+            rank reaches.
+        resume: Skip (image id, method) pairs already in the folder's results files whose
+            record has every requested metric; False moves old results aside (renamed with a
+            time stamp) and starts over.
+        progress: Show a progress bar on stderr (rank 0 only when distributed).
+        distributed: None: distributed when ``torchrun``'s environment (``RANK``,
+            ``WORLD_SIZE`` > 1) or an initialised process group says so; False: never.
+        timeout: Seconds a rank waits for the others at the start and at the end of a
+            distributed run (the end waits for the slowest rank).
 
     Returns:
-        :class:`BenchmarkResults`; the table is also printed.
+        :class:`BenchmarkResults`; the table is also printed. In a distributed run only
+        rank 0 prints, writes the summary files and returns every image's records; the other
+        ranks return the records they computed and an empty table.
 
     Raises:
         InvalidInputError: Bad dataset items, an unreadable/corrupt results file.
         ParameterError: Bad options, or resuming results computed with other settings.
+        RankFailedError: A rank of a distributed run failed (on every rank; the message
+            names the rank, its images and the error).
 
     Example:
         >>> import timm, xvit
@@ -325,41 +384,148 @@ def run_benchmark(
             raise ParameterError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ParameterError(f"seed must be an integer, got {seed!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ParameterError(f"timeout must be a positive number of seconds, got {timeout!r}")
 
     explainers = resolve_methods(methods)
     metric_list = resolve_metrics(metrics)
-    adapter, model_desc = _load(model, device)
-    samples, data_desc = load_samples(dataset, n)
-    prep = adapter.preprocessing
-    h, w = prep.size
-    fractions = {
-        m.name: (m.counts(h, w).double() / (h * w)).tolist()  # type: ignore[attr-defined]
-        for m in metric_list
-        if hasattr(m, "counts")
-    }
-    config: dict[str, Any] = _jsonable(
-        {
-            "model": model_desc,
-            "dataset": data_desc,
-            "target": target,
-            "seed": seed,
-            "methods": {e.name: e.params() for e in explainers},
-            "metrics": {m.name: m.params() for m in metric_list},
-        }
-    )
-    higher = {m.name: m.higher_is_better for m in metric_list}
-    metric_names = [m.name for m in metric_list]
-    method_names = [e.name for e in explainers]
-
     out = Path(out_dir) if out_dir is not None else None
-    store = None
-    done: dict[tuple[str, str], dict[str, Any]] = {}
-    if out is not None:
+    ranks = Ranks()
+    if wants_distributed(distributed):
+        if out is None:
+            raise ParameterError(
+                "a distributed run needs out_dir (--out): the ranks hand their results over "
+                "through files there, so pick a folder every rank can reach"
+            )
+        ranks, device = start_ranks(device, float(timeout))
+    try:
+        run = _Run(ranks, explainers, metric_list, seed, target, out, batch_size)
+        return run.execute(model, dataset, n, device, resume, progress)
+    finally:
+        ranks.close()
+
+
+class _Run:
+    """One benchmark run on one rank: set-up, this rank's share of the work, the summary."""
+
+    def __init__(
+        self,
+        ranks: Ranks,
+        explainers: list[Explainer],
+        metric_list: list[Metric],
+        seed: int,
+        target: str,
+        out: Path | None,
+        batch_size: int,
+    ) -> None:
+        self.ranks = ranks
+        self.explainers = explainers
+        self.metric_list = metric_list
+        self.seed = seed
+        self.target = target
+        self.out = out
+        self.batch_size = batch_size
+        self.metric_names = [m.name for m in metric_list]
+        self.method_names = [e.name for e in explainers]
+        self.done: dict[tuple[str, str], dict[str, Any]] = {}
+        self.store: ResultStore | None = None
+        self.fractions: dict[str, list[float]] = {}
+        self.last_error: Exception | None = None
+
+    def execute(
+        self,
+        model: Any,
+        dataset: Any,
+        n: int | None,
+        device: str | torch.device | None,
+        resume: bool,
+        progress: bool,
+    ) -> BenchmarkResults:
+        ranks = self.ranks
+        error: Exception | None = None
+        todo: dict[str, list[str]] = {}
+        try:
+            adapter, model_desc = _load(model, device)
+            samples, data_desc = load_samples(dataset, n)
+            config = self._config(adapter, model_desc, data_desc)
+            if ranks.is_main:
+                self._prepare(config, resume)
+                todo = self._todo(samples)
+        except Exception as exc:
+            if not ranks.distributed:
+                raise
+            error = exc
+        if ranks.distributed:
+            # every rank learns whether all could start, and rank 0's plan
+            plans = ranks.gather((_describe(error), todo))
+            if error is not None:
+                raise error
+            failed = [(r, why) for r, (why, _) in enumerate(plans) if why is not None]
+            if failed:
+                raise RankFailedError(
+                    "; ".join(
+                        f"rank {r} of {ranks.world_size} could not start: {w}" for r, w in failed
+                    )
+                )
+            todo = plans[0][1]
+            assert self.out is not None
+            self.store = ResultStore(rank_file(self.out, ranks.rank))
+        by_id = {s.id: s for s in samples}
+        missing = [i for i in todo if i not in by_id]
+        if missing:
+            raise InvalidInputError(
+                f"rank {ranks.rank} has no image {missing[0]!r} that rank 0 has; every rank "
+                f"must load the same dataset (the same --data and --n)"
+            )
+        mine = shard([by_id[i] for i in todo], ranks.rank, ranks.world_size)
+        pairs = sum(len(todo[s.id]) for s in mine)
+        if ranks.distributed:
+            print(
+                f"xvit bench: rank {ranks.rank} of {ranks.world_size} ({adapter.device}): "
+                f"{len(mine)} of {len(todo)} images to do, {pairs} explanations",
+                file=sys.stderr,
+                flush=True,
+            )
+            total = pairs
+        else:
+            total = len(samples) * len(self.explainers)
+        bar = _progress_bar(total, total - pairs, progress and ranks.is_main, ranks)
+        failure = self._work(adapter, mine, todo, bar)
+        if ranks.distributed:
+            failures = [f for f in ranks.gather(failure) if f is not None]
+            if failures:
+                message = failure_message(failures, ranks.world_size, self.out or Path("."))
+                raise RankFailedError(message) from self.last_error
+        return self._finish(samples, config)
+
+    def _config(self, adapter: ModelAdapter, model_desc: str, data_desc: str) -> dict[str, Any]:
+        prep = adapter.preprocessing
+        h, w = prep.size
+        self.fractions = {
+            m.name: (m.counts(h, w).double() / (h * w)).tolist()  # type: ignore[attr-defined]
+            for m in self.metric_list
+            if hasattr(m, "counts")
+        }
+        return _jsonable(  # type: ignore[no-any-return]
+            {
+                "model": model_desc,
+                "dataset": data_desc,
+                "target": self.target,
+                "seed": self.seed,
+                "methods": {e.name: e.params() for e in self.explainers},
+                "metrics": {m.name: m.params() for m in self.metric_list},
+            }
+        )
+
+    def _prepare(self, config: dict[str, Any], resume: bool) -> None:
+        """Rank 0, before any rank writes: check and load earlier results, write run.json."""
+        out = self.out
+        if out is None:
+            return
         out.mkdir(parents=True, exist_ok=True)
         if resume:
             _check_resume(out / CONFIG_FILE, config)
-            store = ResultStore(out / RESULTS_FILE)
-            done = store.load()
+            self.done = load_results(out)
             old = {}
             if (out / CONFIG_FILE).exists():
                 old = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -367,65 +533,134 @@ def run_benchmark(
                 config[kind] = {**old.get(kind, {}), **config[kind]}
         else:
             _move_aside(out)
-            store = ResultStore(out / RESULTS_FILE)
+        clear_failures(out)
         write_json(out / CONFIG_FILE, config)
+        self.store = ResultStore(out / RESULTS_FILE)
 
-    def finished(image_id: str, method: str) -> bool:
-        rec = done.get((image_id, method))
-        return rec is not None and all(m in rec["scores"] for m in metric_names)
+    def _todo(self, samples: Sequence[Any]) -> dict[str, list[str]]:
+        """Image id -> the methods still to run on it, in dataset order (images with none
+        left out)."""
+        todo = {}
+        for s in samples:
+            left = [m for m in self.method_names if not self._finished(s.id, m)]
+            if left:
+                todo[s.id] = left
+        return todo
 
-    def emit(record: dict[str, Any]) -> None:
-        done[(record["id"], record["method"])] = record
-        if store is not None:
-            store.append(record)
+    def _finished(self, image_id: str, method: str) -> bool:
+        rec = self.done.get((image_id, method))
+        return rec is not None and all(m in rec["scores"] for m in self.metric_names)
 
-    bar = _progress_bar(len(samples) * len(explainers), progress)
-    try:
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            pending = {
-                e.name: [i for i, s in enumerate(batch) if not finished(s.id, e.name)]
-                for e in explainers
+    def _emit(self, record: dict[str, Any]) -> None:
+        key = (record["id"], record["method"])
+        self.done[key] = merge_record(self.done[key], record) if key in self.done else record
+        if self.store is not None:
+            self.store.append(record)
+
+    def _work(
+        self,
+        adapter: ModelAdapter,
+        mine: Sequence[Any],
+        todo: Mapping[str, list[str]],
+        bar: Any,
+    ) -> dict[str, Any] | None:
+        """Explain and score this rank's images; in a distributed run a failure is caught,
+        announced to the other ranks and returned (a single-process run raises it)."""
+        ranks = self.ranks
+        where: dict[str, Any] = {}
+        try:
+            for start in range(0, len(mine), self.batch_size):
+                if ranks.distributed and self.out is not None and peer_failed(self.out):
+                    break
+                batch = mine[start : start + self.batch_size]
+                pending = {
+                    e.name: [i for i, s in enumerate(batch) if e.name in todo[s.id]]
+                    for e in self.explainers
+                }
+                where.update(images=[s.id for s in batch], method=None)
+                _run_batch(
+                    adapter,
+                    batch,
+                    self.explainers,
+                    self.metric_list,
+                    pending,
+                    self.seed,
+                    self.target,
+                    bar,
+                    self._emit,
+                    where,
+                )
+        except Exception as exc:
+            if not ranks.distributed:
+                raise
+            self.last_error = exc
+            failure = {
+                "rank": ranks.rank,
+                "images": where.get("images", []),
+                "method": where.get("method"),
+                "error": _describe(exc),
             }
-            skipped = sum(len(batch) - len(p) for p in pending.values())
-            if skipped:
-                bar.update(skipped)
-            if not any(pending.values()):
-                continue
-            _run_batch(adapter, batch, explainers, metric_list, pending, seed, target, bar, emit)
-    finally:
-        bar.close()
+            if self.out is not None:
+                announce_failure(self.out, failure)
+            return failure
+        finally:
+            bar.close()
+        return None
 
-    ids = [s.id for s in samples]
-    selected = [done[(i, m)] for m in method_names for i in ids if (i, m) in done]
-    summaries = summarize(selected, method_names, metric_names)
-    table = markdown_table(summaries, metric_names, higher)
-    print(table)
-    results = BenchmarkResults(config, selected, summaries, table, fractions)
-    if out is not None:
-        results.files["results"] = out / RESULTS_FILE
-        results.files["run"] = out / CONFIG_FILE
-        (out / "table.md").write_text(table + "\n", encoding="utf-8")
-        results.files["table"] = out / "table.md"
-        write_csv(out / "summary.csv", summaries, metric_names, higher)
-        results.files["csv"] = out / "summary.csv"
-        write_json(out / "summary.json", summary_dict(summaries, fractions, config))
-        results.files["json"] = out / "summary.json"
-        if plot_curves(out / "curves.png", summaries, fractions):
-            results.files["curves"] = out / "curves.png"
-    return results
+    def _finish(self, samples: Sequence[Any], config: dict[str, Any]) -> BenchmarkResults:
+        """The summary: on rank 0 (or alone) from every results file, written and printed."""
+        ranks, out = self.ranks, self.out
+        if not ranks.is_main:
+            mine = list(self.done.values())
+            summaries = summarize(mine, self.method_names, self.metric_names)
+            return BenchmarkResults(config, mine, summaries, "", self.fractions)
+        if out is not None and (ranks.distributed or len(result_files(out)) > 1):
+            self.done = load_results(out)
+            consolidate(out, self.done.values())
+        ids = [s.id for s in samples]
+        selected = [
+            self.done[(i, m)] for m in self.method_names for i in ids if (i, m) in self.done
+        ]
+        summaries = summarize(selected, self.method_names, self.metric_names)
+        higher = {m.name: m.higher_is_better for m in self.metric_list}
+        table = markdown_table(summaries, self.metric_names, higher)
+        print(table)
+        results = BenchmarkResults(config, selected, summaries, table, self.fractions)
+        if out is not None:
+            results.files["results"] = out / RESULTS_FILE
+            results.files["run"] = out / CONFIG_FILE
+            (out / "table.md").write_text(table + "\n", encoding="utf-8")
+            results.files["table"] = out / "table.md"
+            write_csv(out / "summary.csv", summaries, self.metric_names, higher)
+            results.files["csv"] = out / "summary.csv"
+            write_json(out / "summary.json", summary_dict(summaries, self.fractions, config))
+            results.files["json"] = out / "summary.json"
+            if plot_curves(out / "curves.png", summaries, self.fractions):
+                results.files["curves"] = out / "curves.png"
+        return results
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _describe(error: BaseException | None) -> str | None:
+    """``Type: message`` of an error (None for None), to send to the other ranks."""
+    if error is None:
+        return None
+    return f"{type(error).__name__}: {error}"
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, ranks: Ranks) -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm ships with transformers
         return _NullBar()
+    desc = "xvit bench"
+    if ranks.distributed:
+        desc += f" [rank {ranks.rank}/{ranks.world_size}]"
     return tqdm(
         total=total,
+        initial=initial,
         disable=not enabled,
         file=sys.stderr,
-        desc="xvit bench",
+        desc=desc,
         unit="expl",
         dynamic_ncols=True,
     )
@@ -452,9 +687,12 @@ def _run_batch(
     target: str,
     bar: Any,
     emit: Callable[[dict[str, Any]], None],
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Explain and score the pending images of one batch with every method; each method's
-    records are emitted as soon as its metrics are done."""
+    records are emitted as soon as its metrics are done. ``where`` is kept up to date with
+    the images and method at work, for the message of a failure."""
+    where = {} if where is None else where
     prep = adapter.preprocessing
     images = [as_image(s.image) for s in batch]
     x = torch.stack([prep(img) for img in images]).to(device=adapter.device, dtype=adapter.dtype)
@@ -484,6 +722,7 @@ def _run_batch(
         if not idx:
             continue
         bar.set_postfix_str(explainer.name)
+        where.update(images=[batch[i].id for i in idx], method=explainer.name)
         sel = torch.tensor(idx, device=x.device)
         xs, ts = x[sel], targets[sel]
         _sync(adapter)
@@ -549,4 +788,4 @@ def explain_logits(adapter: ModelAdapter, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-__all__ = ["BenchmarkResults", "image_seed", "run_benchmark"]
+__all__ = ["BenchmarkResults", "RankFailedError", "image_seed", "run_benchmark"]
