@@ -13,7 +13,17 @@ from .models._base import ModelAdapter
 
 
 def load_image(path: str | Path) -> Any:
-    """Open an image file as an RGB PIL image, with clear errors for bad files."""
+    """Open an image file as an RGB PIL image, with clear errors for bad files.
+
+    Example:
+        >>> import tempfile, xvit
+        >>> from PIL import Image
+        >>> path = tempfile.mkdtemp() + "/grey.png"
+        >>> Image.new("L", (5, 4)).save(path)
+        >>> image = xvit.load_image(path)
+        >>> image.mode, image.size
+        ('RGB', (5, 4))
+    """
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)

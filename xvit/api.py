@@ -13,13 +13,18 @@ from .methods._base import Explainer
 from .methods._registration import get_method
 from .models import get_adapter, model_lock, preserved_state
 
-
 #: Images per forward when reading the clean logits, so memory does not grow with the batch.
 LOGITS_CHUNK = 64
 
 
 def make_explainer(method: str | type[Explainer] | Explainer, **params: Any) -> Explainer:
-    """An :class:`Explainer` from a name, a class, or an instance (then no params)."""
+    """An :class:`Explainer` from a name, a class, or an instance (then no params).
+
+    Example:
+        >>> import xvit
+        >>> xvit.make_explainer("rollout", head_fusion="max")
+        AttentionRollout(head_fusion='max', discard_ratio=0.0)
+    """
     if isinstance(method, Explainer):
         if params:
             raise ParameterError(

@@ -120,10 +120,12 @@ def _optional_registries() -> list[tuple[str, Any]]:
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
     "--method",
+    "--methods",
     "-m",
+    "method",
     default="gradmask",
     show_default=True,
-    help="Method name(s), comma-separated, or 'all'.",
+    help="Method name(s), comma-separated, or 'all'; several write one comparison grid.",
 )
 @click.option(
     "--model",
@@ -161,10 +163,11 @@ def explain_cmd(
     params: tuple[str, ...],
     grid: bool,
 ) -> None:
-    """Explain IMAGES and write one overlay PNG per image and method."""
+    """Explain IMAGES: one overlay PNG per image for one method; for several methods one
+    comparison grid, OUT/comparison.png (rows: images, columns: methods)."""
     from . import explain, get_adapter, list_methods, load_model
     from ._errors import InvalidInputError
-    from .viz import save_overlays
+    from .viz import compare, save_overlays
 
     for image in images:
         if not Path(image).exists():
@@ -173,11 +176,17 @@ def explain_cmd(
     kwargs = parse_params(params)
     net = load_model(model, device=_check_device(device))
     adapter = get_adapter(net)
+    grid_path = Path(out_dir) / "comparison.png"
+    results = {}
     for name in names:
         result = explain(name, net, list(images), target=target, **kwargs)
-        paths = save_overlays(
-            result, out_dir, list(images), preprocessing=adapter.preprocessing, grid=grid
-        )
+        results[name] = result
+        if len(names) == 1:
+            paths = save_overlays(
+                result, out_dir, list(images), preprocessing=adapter.preprocessing, grid=grid
+            )
+        else:
+            paths = [grid_path] * len(images)
         for image, t, cls, p, path in zip(
             images,
             result.targets.tolist(),
@@ -186,6 +195,11 @@ def explain_cmd(
             paths,
         ):
             click.echo(f"{image}: class {t} ({cls}) p={p:.3f} [{name}] -> {path}")
+    if len(names) > 1:
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        fig = compare(None, results, preprocessing=adapter.preprocessing, grid=grid)
+        fig.savefig(grid_path, dpi=120)
+        click.echo(f"comparison grid ({len(images)} images x {len(names)} methods): {grid_path}")
 
 
 def _check_device(device: str) -> str:

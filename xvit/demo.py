@@ -16,7 +16,11 @@ import click
 
 #: Cheaper settings than the methods' defaults, so the whole demo stays within minutes on a
 #: laptop CPU (RISE's default of 4000 masks alone would take longer than everything else).
-DEMO_PARAMS: dict[str, dict[str, Any]] = {"rise": {"num_masks": 1000}}
+DEMO_PARAMS: dict[str, dict[str, Any]] = {"rise": {"num_masks": 500}}
+
+#: Insertion/Deletion reveal or remove this many image rows of pixels per step (the metrics'
+#: default is one row); the curves keep 1 + H / 2 points.
+DEMO_ROWS_PER_STEP = 2
 
 #: The Pointing Game's tolerance was defined as 15 px on 224 px ImageNet inputs; the demo scales
 #: it with the input size so that it keeps the same meaning on the small digit canvases.
@@ -33,7 +37,8 @@ def demo_methods() -> list[Any]:
 
 
 def demo_metrics(input_size: tuple[int, int]) -> list[Any]:
-    """Every registered metric; the Pointing Game's tolerance scaled to the input size."""
+    """Every registered metric; the Pointing Game's tolerance scaled to the input size, and
+    Insertion/Deletion with :data:`DEMO_ROWS_PER_STEP` rows per step."""
     from .metrics import get_metric, list_metrics
 
     scale = min(input_size) / POINTING_REFERENCE_SIZE
@@ -43,6 +48,8 @@ def demo_metrics(input_size: tuple[int, int]) -> list[Any]:
         params = {}
         if "tolerance" in cls.param_names():
             params["tolerance"] = POINTING_TOLERANCE_PX * scale
+        if "step" in cls.param_names():
+            params["step"] = DEMO_ROWS_PER_STEP * input_size[1]
         out.append(cls.create(**params))
     return out
 

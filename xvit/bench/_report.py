@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @dataclass
 class Estimate:
@@ -17,6 +19,11 @@ class Estimate:
 
     ``ci_low``/``ci_high`` are NaN with fewer than two values; every field is NaN when no
     image has a defined score.
+
+    Example:
+        >>> e = Estimate(mean=0.5, ci_low=0.4, ci_high=0.6, n=30)
+        >>> round(e.half_width, 3)
+        0.1
     """
 
     mean: float
@@ -30,7 +37,13 @@ class Estimate:
 
 
 def estimate(values: Sequence[float | None], level: float = 0.95) -> Estimate:
-    """Mean and ``level`` t-interval of the finite entries of ``values``."""
+    """Mean and ``level`` t-interval of the finite entries of ``values``.
+
+    Example:
+        >>> e = estimate([1.0, 2.0, 3.0, None, float("nan")])  # undefined scores are left out
+        >>> e.n, e.mean, round(e.half_width, 3)  # t(0.975, 2) x 1 / sqrt(3)
+        (3, 2.0, 2.484)
+    """
     from scipy import stats
 
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
@@ -47,13 +60,29 @@ def estimate(values: Sequence[float | None], level: float = 0.95) -> Estimate:
 
 @dataclass
 class MethodSummary:
-    """One method's results over the benchmark images."""
+    """One method's results over the benchmark images.
+
+    Attributes:
+        method: The method's name.
+        images: Number of images explained.
+        time_s: Explanation wall time over all images, in seconds (metrics excluded).
+        metrics: Metric name -> :class:`Estimate` of the per-image scores.
+        curves: Curve metric -> mean curve over the images.
+        bands: Curve metric -> (low, high): the 95% Student-t interval of the mean at each
+            point of the curve (NaN with fewer than two images).
+
+    Example:
+        >>> s = MethodSummary("gradmask", images=4, time_s=2.0)
+        >>> s.per_second
+        2.0
+    """
 
     method: str
     images: int
     time_s: float
     metrics: dict[str, Estimate] = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)
+    bands: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -79,8 +108,32 @@ def summarize(
             curves = [r["curves"][metric] for r in rows if metric in r.get("curves", {})]
             if curves and all(len(c) == len(curves[0]) for c in curves):
                 summary.curves[metric] = [sum(col) / len(curves) for col in zip(*curves)]
+                summary.bands[metric] = curve_band(curves)
         out.append(summary)
     return out
+
+
+def curve_band(
+    curves: Sequence[Sequence[float]], level: float = 0.95
+) -> tuple[list[float], list[float]]:
+    """Pointwise ``level`` Student-t interval of the mean of equally long curves.
+
+    Example:
+        >>> low, high = curve_band([[0.0, 1.0], [0.0, 3.0]])
+        >>> low[0], high[0], round(high[1] - 2.0, 3)  # t(0.975, 1) * 1 / sqrt(2) * sqrt(2)
+        (0.0, 0.0, 12.706)
+    """
+    from scipy import stats
+
+    values = np.asarray(curves, dtype=np.float64)
+    n = values.shape[0]
+    if n < 2:
+        nan = [math.nan] * values.shape[1]
+        return nan, list(nan)
+    mean = values.mean(axis=0)
+    sem = values.std(axis=0, ddof=1) / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sem
+    return (mean - half).tolist(), (mean + half).tolist()
 
 
 def _fmt(e: Estimate) -> str:
@@ -192,40 +245,34 @@ def plot_curves(
     summaries: Sequence[MethodSummary],
     fractions: Mapping[str, list[float]],
 ) -> bool:
-    """A PNG with one panel per curve metric (insertion, deletion) and one line per method.
+    """Write the benchmark's pictures: the curves PNG at ``path`` and ``times.png`` beside it.
 
-    Uses matplotlib's object API with the Agg canvas, so the global backend is untouched.
-    Returns False (and writes nothing) when no curve metric was run.
+    ``path`` gets the mean insertion/deletion curves with 95% bands
+    (:func:`xvit.viz.plot_curves`) when a curve metric ran; ``times.png`` in the same folder
+    always gets the time-per-method bar chart (:func:`xvit.viz.plot_times`). Figures are drawn
+    on the Agg canvas, so the global matplotlib backend is untouched.
+
+    Returns:
+        Whether the curves PNG was written.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> s = MethodSummary("m", images=2, time_s=1.0, curves={"insertion": [0.1, 0.9]})
+        >>> plot_curves(folder / "curves.png", [s], {"insertion": [0.0, 1.0]})
+        True
+        >>> sorted(p.name for p in folder.iterdir())
+        ['curves.png', 'times.png']
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..viz import plot_curves as curves_figure
+    from ..viz import plot_times
 
+    path = Path(path)
+    if any(s.images > 0 for s in summaries):
+        plot_times(summaries).savefig(str(path.with_name("times.png")), dpi=110)
     names = [m for m in fractions if any(m in s.curves for s in summaries)]
     if not names:
         return False
-    fig = Figure(figsize=(5 * len(names), 4), dpi=100)
-    FigureCanvasAgg(fig)
-    for i, metric in enumerate(names):
-        ax = fig.add_subplot(1, len(names), i + 1)
-        for s in summaries:
-            if metric in s.curves:
-                ax.plot(fractions[metric], s.curves[metric], label=s.method)
-        ax.set_title(f"mean {metric} curve")
-        ax.set_xlabel(
-            "fraction of pixels "
-            + (
-                "inserted"
-                if metric == "insertion"
-                else "deleted"
-                if metric == "deletion"
-                else "changed"
-            )
-        )
-        ax.set_ylabel("target-class probability")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(str(path))
+    curves_figure(summaries, fractions).savefig(str(path), dpi=110)
     return True

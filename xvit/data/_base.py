@@ -25,6 +25,12 @@ class Sample:
             a box when ``x0 <= i < x1`` and ``y0 <= j < y1``, so for integer boxes
             ``array[y0:y1, x0:x1]`` is exactly the boxed region. ``()`` when unknown.
         id: A stable key, unique within its dataset (runs resume by it).
+
+    Example:
+        >>> from PIL import Image
+        >>> s = Sample(Image.new("RGB", (64, 64)), label=7, boxes=((8, 8, 24, 30),), id="a")
+        >>> s.image.crop(s.boxes[0]).size  # half-open boxes crop exactly the object
+        (16, 22)
     """
 
     image: Any
@@ -37,6 +43,17 @@ class LazySamples(Sequence[Sample]):
     """A sequence whose samples are made (or read from disk) when indexed.
 
     Subclasses set ``_length`` and implement :meth:`_make`.
+
+    Example:
+        >>> from PIL import Image
+        >>> class Squares(LazySamples):
+        ...     _length = 3
+        ...     def _make(self, index):
+        ...         image = Image.new("RGB", (8, 8))
+        ...         return Sample(image, index % 2, ((0, 0, 4, 4),), f"sq{index}")
+        >>> data = Squares()
+        >>> len(data), data[-1].id, [s.label for s in data[0:2]]
+        (3, 'sq2', [0, 1])
     """
 
     _length: int = 0
@@ -119,5 +136,11 @@ def get_dataset(name: str, **kwargs: Any) -> Sequence[Sample]:
 
 
 def list_datasets(pattern: str | None = None) -> list[str]:
-    """Registered dataset names, optionally filtered by a wildcard such as ``"dig*"``."""
+    """Registered dataset names, optionally filtered by a wildcard such as ``"dig*"``.
+
+    Example:
+        >>> import xvit.data
+        >>> xvit.data.list_datasets()
+        ['digits', 'imagenet']
+    """
     return datasets.names(pattern)

@@ -32,6 +32,17 @@ class Explainer(ABC):
         needs_attention: Whether it reads attention probabilities.
         randomized: Whether it draws random numbers (then it takes a ``seed``).
         quick_params: Parameters for a cheap but valid run (used by smoke tests and demos).
+
+    Example:
+        >>> import torch, xvit
+        >>> class Uniform(xvit.Explainer):
+        ...     name = "uniform-example"
+        ...     def attribute(self, adapter, inputs, target):
+        ...         gh, gw = adapter.geometry.grid(*inputs.shape[-2:])
+        ...         return torch.ones(len(inputs), gh, gw, device=inputs.device)
+        >>> model = xvit.load_model("xvit:digits-vit")
+        >>> xvit.explain(Uniform(), model, torch.randn(2, 3, 64, 64)).map.shape
+        torch.Size([2, 8, 8])
     """
 
     name: ClassVar[str] = ""

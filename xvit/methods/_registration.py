@@ -37,10 +37,23 @@ def register_method(cls: E) -> E:
 
 
 def get_method(name: str | type[Explainer]) -> type[Explainer]:
-    """The method class registered under ``name`` (unknown names list the known ones)."""
+    """The method class registered under ``name`` (unknown names list the known ones).
+
+    Example:
+        >>> import xvit
+        >>> cls = xvit.get_method("gradmask")
+        >>> cls.__name__, cls.defaults()["masks_per_layer"]
+        ('GradMask', 4)
+    """
     return methods.get(name)
 
 
 def list_methods(pattern: str | None = None) -> list[str]:
-    """Registered method names, optionally filtered by a wildcard such as ``"grad*"``."""
+    """Registered method names, optionally filtered by a wildcard such as ``"grad*"``.
+
+    Example:
+        >>> import xvit
+        >>> xvit.list_methods("grad*")
+        ['gradcam', 'gradmask']
+    """
     return methods.names(pattern)

@@ -29,6 +29,11 @@ class MetricResult:
             an image without a ground-truth box).
         curves: B x S curve values (insertion/deletion probabilities), or None.
         fractions: (S,) x positions of the curve points (fraction of pixels), or None.
+
+    Example:
+        >>> import torch
+        >>> MetricResult("pointing_game", torch.tensor([1.0, float("nan"), 0.0])).mean()
+        0.5
     """
 
     metric: str
@@ -42,7 +47,13 @@ class MetricResult:
 
 
 def nanmean(scores: torch.Tensor) -> float:
-    """Mean of the non-NaN entries; NaN when there are none."""
+    """Mean of the non-NaN entries; NaN when there are none.
+
+    Example:
+        >>> import torch
+        >>> nanmean(torch.tensor([1.0, float("nan"), 2.0])), nanmean(torch.tensor([float("nan")]))
+        (1.5, nan)
+    """
     valid = scores[~torch.isnan(scores)]
     return float(valid.mean()) if valid.numel() else math.nan
 
@@ -65,6 +76,17 @@ class Metric(ABC):
         higher_is_better: Whether a larger score means a better explanation.
         needs_model: Whether the metric runs the model.
         needs_boxes: Whether the metric needs ground-truth boxes (``s_batch``).
+
+    Example:
+        >>> import torch
+        >>> from xvit.metrics import Metric, MetricResult
+        >>> class Peak(Metric):
+        ...     name = "peak-example"
+        ...     def __call__(self, model, x_batch, y_batch, a_batch, s_batch=None, *, seeds=None):
+        ...         return MetricResult(self.name, a_batch.flatten(1).amax(dim=1).double())
+        >>> maps = torch.tensor([[[1.0, 3.0]], [[2.0, 0.0]]])
+        >>> Peak()(None, torch.zeros(2, 3, 8, 8), [0, 1], maps).scores
+        tensor([3., 2.], dtype=torch.float64)
     """
 
     name: ClassVar[str] = ""

@@ -37,10 +37,22 @@ def register_metric(cls: M) -> M:
 
 
 def get_metric(name: str | type[Metric]) -> type[Metric]:
-    """The metric class registered under ``name`` (unknown names list the known ones)."""
+    """The metric class registered under ``name`` (unknown names list the known ones).
+
+    Example:
+        >>> from xvit.metrics import get_metric
+        >>> get_metric("deletion").higher_is_better
+        False
+    """
     return metrics.get(name)
 
 
 def list_metrics(pattern: str | None = None) -> list[str]:
-    """Registered metric names, optionally filtered by a wildcard such as ``"*pointing*"``."""
+    """Registered metric names, optionally filtered by a wildcard such as ``"*pointing*"``.
+
+    Example:
+        >>> from xvit.metrics import list_metrics
+        >>> list_metrics("*pointing*")
+        ['energy_pointing_game', 'pointing_game']
+    """
     return metrics.names(pattern)

@@ -33,6 +33,11 @@ def get_adapter(model: object) -> ModelAdapter:
 
     Raises:
         UnsupportedModelError: ``model`` is not a supported ViT-family classifier.
+
+    Example:
+        >>> import xvit
+        >>> type(xvit.get_adapter(xvit.load_model("xvit:digits-vit-hf"))).__name__
+        'HFViTAdapter'
     """
     if isinstance(model, ModelAdapter):
         return model

@@ -36,6 +36,12 @@ class Geometry:
         image_size: (height, width) the model is built for.
         in_chans: Number of input channels.
         dynamic_size: Whether the model accepts other sizes (multiples of the patch size).
+
+    Example:
+        >>> import xvit
+        >>> geo = xvit.get_adapter(xvit.load_model("xvit:digits-deit")).geometry
+        >>> geo.num_prefix_tokens, geo.grid(), geo.num_tokens()  # CLS + distillation, 8 x 8 patches
+        (2, (8, 8), 66)
     """
 
     num_blocks: int
@@ -108,6 +114,13 @@ def model_lock(model: nn.Module) -> threading.RLock:
     (:class:`~xvit.models.Capture`), while attention flags are switched, and around every
     forward it runs (:meth:`ModelAdapter.logits`), so two threads never see each other's
     captures or flags. Forwards the user runs in other threads are not covered.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Linear(2, 2)
+        >>> with model_lock(model):  # re-entrant: xvit's own calls inside still proceed
+        ...     model_lock(model) is model_lock(model)
+        True
     """
     with _LOCKS_GUARD:
         lock = _MODEL_LOCKS.get(model)

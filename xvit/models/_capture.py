@@ -43,6 +43,17 @@ class Capture:
 
     After a forward, :meth:`qkv` returns lists (one B x N x D tensor per block) and
     :meth:`grads` differentiates a scalar with respect to any recorded tensors.
+
+    Example:
+        >>> import torch, xvit
+        >>> from xvit.models import Capture
+        >>> adapter = xvit.get_adapter(xvit.load_model("xvit:digits-vit"))
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> with Capture(adapter, qkv=True) as cap:
+        ...     logits = adapter.logits(x.requires_grad_(True))
+        ...     grads = cap.qkv_grads(logits[0, 3])
+        >>> len(grads["q"]), grads["q"][0].shape  # one B x N x D tensor per block
+        (6, torch.Size([1, 65, 96]))
     """
 
     def __init__(

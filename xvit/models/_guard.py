@@ -18,7 +18,16 @@ _HOOK_DICTS = (
 
 
 def hook_counts(model: nn.Module) -> dict[str, int]:
-    """Number of hooks of each kind on every submodule (for checks and tests)."""
+    """Number of hooks of each kind on every submodule (for checks and tests).
+
+    Example:
+        >>> import torch, xvit
+        >>> model = xvit.load_model("xvit:digits-vit")
+        >>> before = hook_counts(model)
+        >>> _ = xvit.explain("gae", model, torch.randn(1, 3, 64, 64))
+        >>> hook_counts(model) == before  # xvit's hooks live for one call only
+        True
+    """
     counts: dict[str, int] = {}
     for name, module in model.named_modules():
         for attr in _HOOK_DICTS:

@@ -38,7 +38,17 @@ OFFLINE_HINT = (
 
 
 def attach_preprocessing(model: nn.Module, preprocessing: Preprocessing) -> None:
-    """Remember the preprocessing a loaded model was trained with (used by its adapter)."""
+    """Remember the preprocessing a loaded model was trained with (used by its adapter).
+
+    Example:
+        >>> import timm, xvit
+        >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1, img_size=32,
+        ...                       patch_size=8)
+        >>> attach_preprocessing(m, xvit.Preprocessing(size=(32, 32), mean=(0.5,) * 3,
+        ...                                            std=(0.5,) * 3))
+        >>> xvit.get_adapter(m).preprocessing.mean
+        (0.5, 0.5, 0.5)
+    """
     _PREPROCESSING[model] = preprocessing
 
 
@@ -111,6 +121,12 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
     Raises:
         ModelLoadError: The model could not be loaded (unreachable hub, unreadable file).
         UnknownNameError: The spec is not a known form or alias.
+
+    Example:
+        >>> import xvit
+        >>> model = xvit.load_model("xvit:digits-vit")  # shipped with xvit: no download
+        >>> type(model).__name__, model.training
+        ('VisionTransformer', False)
     """
     seen: set[str] = set()
     while spec in model_aliases and spec not in seen:
@@ -210,7 +226,19 @@ def save_checkpoint(
     preprocessing: Preprocessing,
     extra: dict[str, str] | None = None,
 ) -> None:
-    """Save a timm model as ``.safetensors`` with what is needed to rebuild it."""
+    """Save a timm model as ``.safetensors`` with what is needed to rebuild it.
+
+    Example:
+        >>> import tempfile, timm, torch, xvit
+        >>> kwargs = dict(num_classes=3, depth=1, img_size=32, patch_size=8)
+        >>> m = timm.create_model("vit_tiny_patch16_224", **kwargs)
+        >>> path = tempfile.mkdtemp() + "/tiny.safetensors"
+        >>> xvit.save_checkpoint(m, path, timm_name="vit_tiny_patch16_224", model_kwargs=kwargs,
+        ...                      preprocessing=xvit.Preprocessing(size=(32, 32)))
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> torch.equal(xvit.load_checkpoint(path).eval()(x), m.eval()(x))
+        True
+    """
     from safetensors.torch import save_file
 
     meta = {
@@ -248,7 +276,14 @@ def _load_path(path: Path) -> nn.Module:
 
 
 def load_checkpoint(path: str | Path) -> nn.Module:
-    """Rebuild a timm model saved by :func:`save_checkpoint` (safetensors, no pickle)."""
+    """Rebuild a timm model saved by :func:`save_checkpoint` (safetensors, no pickle).
+
+    Example:
+        >>> import xvit
+        >>> m = load_checkpoint(xvit.model_aliases.get("xvit:digits-vit"))  # the shipped file
+        >>> xvit.get_adapter(m).preprocessing.size
+        (64, 64)
+    """
     import timm
     from safetensors import safe_open
     from safetensors.torch import load_file

@@ -41,6 +41,15 @@ class HFViTAdapter(ModelAdapter):
     Both module layouts are read: transformers 5.x (``layers[i].attention.q_proj``) and 4.x
     (``encoder.layer[i].attention.attention.query``). Attention probabilities come from the
     eager attention path, switched on through ``config._attn_implementation`` for the call.
+
+    Example:
+        >>> import xvit
+        >>> from transformers import ViTConfig, ViTForImageClassification
+        >>> config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...                    intermediate_size=64, image_size=32, patch_size=8, num_labels=3)
+        >>> adapter = xvit.get_adapter(ViTForImageClassification(config))
+        >>> type(adapter).__name__, adapter.geometry.num_prefix_tokens, adapter.geometry.grid()
+        ('HFViTAdapter', 1, (4, 4))
     """
 
     framework = "transformers"

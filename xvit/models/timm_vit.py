@@ -34,6 +34,14 @@ class TimmViTAdapter(ModelAdapter):
     Reads the geometry from ``num_prefix_tokens`` and ``patch_embed``; captures q/k/v from
     each block's fused ``attn.qkv`` projection and attention probabilities from
     ``attn.attn_drop`` (with ``fused_attn`` switched off for the call).
+
+    Example:
+        >>> import timm, xvit
+        >>> m = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=3, depth=2,
+        ...                       img_size=32, patch_size=8)
+        >>> adapter = xvit.get_adapter(m)
+        >>> type(adapter).__name__, adapter.geometry.num_prefix_tokens, adapter.geometry.grid()
+        ('TimmViTAdapter', 2, (4, 4))
     """
 
     framework = "timm"
