@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
 
+from .._configurable import Configurable
 from .._errors import ParameterError
 from ..models._base import ModelAdapter
 
 
-class Explainer(ABC):
+class Explainer(Configurable, ABC):
     """Base class of explanation methods.
 
     A method is configured by keyword arguments to ``__init__`` (validated there, with a
@@ -53,41 +53,6 @@ class Explainer(ABC):
     needs_attention: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
     quick_params: ClassVar[dict[str, Any]] = {}
-
-    @classmethod
-    def param_names(cls) -> list[str]:
-        """The keyword parameters this method accepts."""
-        sig = inspect.signature(cls.__init__)
-        return [
-            p.name
-            for p in sig.parameters.values()
-            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """Default value of each parameter."""
-        sig = inspect.signature(cls.__init__)
-        return {
-            p.name: p.default
-            for p in sig.parameters.values()
-            if p.name != "self" and p.default is not inspect.Parameter.empty
-        }
-
-    @classmethod
-    def create(cls, **params: Any) -> Explainer:
-        """Instantiate with ``params``; unknown names raise an error listing the valid ones."""
-        unknown = sorted(set(params) - set(cls.param_names()))
-        if unknown:
-            raise ParameterError(
-                f"{cls.name} got unknown parameter(s) {', '.join(unknown)}; it accepts: "
-                f"{', '.join(cls.param_names()) or '(none)'}"
-            )
-        return cls(**params)
-
-    def params(self) -> dict[str, Any]:
-        """The parameter values in use."""
-        return {name: getattr(self, name) for name in self.param_names()}
 
     @abstractmethod
     def attribute(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._configurable import Configurable
 from .._errors import InvalidInputError, ParameterError
 from ..explanation import Explanation
 
@@ -58,7 +58,7 @@ def nanmean(scores: torch.Tensor) -> float:
     return float(valid.mean()) if valid.numel() else math.nan
 
 
-class Metric(ABC):
+class Metric(Configurable, ABC):
     """Base class of evaluation metrics.
 
     A metric is configured by keyword arguments to ``__init__`` (validated there) and scores a
@@ -95,31 +95,6 @@ class Metric(ABC):
     higher_is_better: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
     needs_boxes: ClassVar[bool] = False
-
-    @classmethod
-    def param_names(cls) -> list[str]:
-        """The keyword parameters this metric accepts."""
-        sig = inspect.signature(cls.__init__)
-        return [
-            p.name
-            for p in sig.parameters.values()
-            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-
-    @classmethod
-    def create(cls, **params: Any) -> Metric:
-        """Instantiate with ``params``; unknown names raise an error listing the valid ones."""
-        unknown = sorted(set(params) - set(cls.param_names()))
-        if unknown:
-            raise ParameterError(
-                f"{cls.name} got unknown parameter(s) {', '.join(unknown)}; it accepts: "
-                f"{', '.join(cls.param_names()) or '(none)'}"
-            )
-        return cls(**params)
-
-    def params(self) -> dict[str, Any]:
-        """The parameter values in use."""
-        return {name: getattr(self, name) for name in self.param_names()}
 
     @abstractmethod
     def __call__(
