@@ -779,7 +779,7 @@ def explain_logits(adapter: ModelAdapter, x: torch.Tensor) -> torch.Tensor:
     from ..models import model_lock, preserved_state
 
     with model_lock(adapter.model), preserved_state(adapter.model):
-        logits = adapter.forward_logits(x)
+        logits = adapter.logits(x, check_finite=False)
     if not torch.isfinite(logits).all():
         raise ModelOutputError(
             "the model returned NaN or infinite logits on clean images; check the model and "

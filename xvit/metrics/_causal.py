@@ -101,7 +101,7 @@ def causal_curves(
                 batch = torch.where(changed, x[img], substrate[img])
             else:
                 batch = torch.where(changed, substrate[img], x[img])
-            probs = adapter.forward_logits(batch).float().softmax(dim=-1)
+            probs = adapter.logits(batch, check_finite=False).float().softmax(dim=-1)
             out[start : start + len(idx)] = probs.gather(1, target[img].unsqueeze(1)).squeeze(1)
     return out.view(b, s)
 
@@ -241,7 +241,7 @@ class CausalMetric(Metric):
         with model_lock(adapter.model), preserved_state(adapter.model):
             if y_batch is None:
                 with torch.inference_mode():
-                    logits = adapter.forward_logits(x)
+                    logits = adapter.logits(x, check_finite=False)
             else:
                 logits = torch.empty(b, adapter.num_classes, device=x.device)
             target = resolve_targets(y_batch, logits, adapter.num_classes).to(x.device)
