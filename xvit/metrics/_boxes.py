@@ -19,6 +19,17 @@ import torch
 from .._errors import InvalidInputError
 
 
+def require_boxes(s_batch: Any, metric: str) -> Any:
+    """``s_batch`` itself, or an error saying the metric needs ground-truth boxes."""
+    if s_batch is None:
+        raise InvalidInputError(
+            f"{metric} needs ground truth: pass s_batch, per image a list of (x0, y0, x1, y1) "
+            f"boxes in input pixels (Preprocessing.transform_boxes maps them from the original "
+            f"image)"
+        )
+    return s_batch
+
+
 def _span(lo: float, hi: float, n: int) -> tuple[int, int] | None:
     """Pixel index range [start, stop) whose centres lie in [lo, hi), clipped to [0, n)."""
     clo, chi = max(lo, 0.0), min(hi, float(n))

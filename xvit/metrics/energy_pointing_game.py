@@ -8,10 +8,9 @@ from typing import Any
 
 import torch
 
-from .._errors import InvalidInputError
 from ..explanation import Explanation
 from ._base import Boxes, Metric, MetricResult, check_batch, check_choice, saliency_at
-from ._boxes import box_masks
+from ._boxes import box_masks, require_boxes
 from ._registration import register_metric
 from .pointing_game import _map_size
 
@@ -123,11 +122,7 @@ class EnergyPointingGame(Metric):
         seeds: Sequence[int] | None = None,
     ) -> MetricResult:
         check_batch(x_batch, a_batch)
-        if s_batch is None:
-            raise InvalidInputError(
-                "energy_pointing_game needs ground truth: pass s_batch, per image a list of "
-                "(x0, y0, x1, y1) boxes in input pixels"
-            )
+        s_batch = require_boxes(s_batch, self.name)
         size = (int(x_batch.shape[-2]), int(x_batch.shape[-1]))
         scores = energy_pointing_game(
             a_batch, s_batch, size=size, upsample=self.upsample, normalize=self.normalize

@@ -11,7 +11,7 @@ import torch
 from .._errors import InvalidInputError, ParameterError
 from ..explanation import Explanation
 from ._base import Boxes, Metric, MetricResult, check_batch, check_choice, saliency_at
-from ._boxes import box_masks
+from ._boxes import box_masks, require_boxes
 from ._registration import register_metric
 
 
@@ -144,12 +144,7 @@ class PointingGame(Metric):
         seeds: Sequence[int] | None = None,
     ) -> MetricResult:
         check_batch(x_batch, a_batch)
-        if s_batch is None:
-            raise InvalidInputError(
-                "pointing_game needs ground truth: pass s_batch, per image a list of "
-                "(x0, y0, x1, y1) boxes in input pixels (Preprocessing.transform_boxes maps "
-                "them from the original image)"
-            )
+        s_batch = require_boxes(s_batch, self.name)
         size = (int(x_batch.shape[-2]), int(x_batch.shape[-1]))
         scores = pointing_game(
             a_batch, s_batch, size=size, tolerance=self.tolerance, upsample=self.upsample
