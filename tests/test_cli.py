@@ -115,3 +115,41 @@ def test_crash_inside_method_is_short_unless_debug(image: Path, checkpoint: Path
         main, ["--debug", "explain", str(image), "--model", str(checkpoint)]
     )
     assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+def test_method_specific_params(checkpoint: Path, image: Path, tmp_path: Path, monkeypatch) -> None:
+    seen: dict[str, dict] = {}
+    real = xvit.api.explain
+
+    def spy(method, model, inputs, target=None, **params):
+        seen[method] = params
+        return real(method, model, inputs, target=target, **params)
+
+    monkeypatch.setattr(xvit, "explain", spy)
+    result = CliRunner().invoke(
+        main,
+        [
+            "explain",
+            str(image),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "o"),
+            "--methods",
+            "gradmask,rise",
+            "-p",
+            "rise.num_masks=8",
+            "-p",
+            "batch_size=16",
+            "-p",
+            "gradmask.masks_per_layer=2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["rise"] == {"num_masks": 8, "batch_size": 16}
+    assert seen["gradmask"] == {"masks_per_layer": 2, "batch_size": 16}
+    assert (tmp_path / "o" / "comparison.png").exists()
+    bad = CliRunner().invoke(
+        main, ["explain", str(image), "--model", str(checkpoint), "-p", "vitcx.noise_std=0.2"]
+    )
+    assert bad.exit_code == 2 and "vitcx" in bad.stderr

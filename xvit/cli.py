@@ -149,7 +149,8 @@ def _optional_registries() -> list[tuple[str, Any]]:
     "params",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Method parameter, e.g. -p masks_per_layer=8 (repeatable).",
+    help="Method parameter, e.g. -p masks_per_layer=8; with several methods, "
+    "-p rise.num_masks=500 sets it for one method only (repeatable).",
 )
 @click.option("--grid", is_flag=True, help="Show the native patch grid instead of smoothing.")
 @handle_errors
@@ -178,8 +179,16 @@ def explain_cmd(
     adapter = get_adapter(net)
     grid_path = Path(out_dir) / "comparison.png"
     results = {}
+    unknown = sorted({k.split(".", 1)[0] for k in kwargs if "." in k} - set(names))
+    if unknown:
+        raise InvalidInputError(
+            f"-p names method(s) {', '.join(unknown)} that are not being run; run them with "
+            f"--methods, or drop the METHOD. prefix"
+        )
     for name in names:
-        result = explain(name, net, list(images), target=target, **kwargs)
+        own = {k: v for k, v in kwargs.items() if "." not in k}
+        own.update({k.split(".", 1)[1]: v for k, v in kwargs.items() if k.startswith(f"{name}.")})
+        result = explain(name, net, list(images), target=target, **own)
         results[name] = result
         if len(names) == 1:
             paths = save_overlays(
