@@ -7,51 +7,12 @@ only with ``--debug``).
 
 from __future__ import annotations
 
-import ast
-import functools
-import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from ._errors import XvitError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_MODEL = "xvit:digits-vit"
-
-
-def handle_errors(fn: F) -> F:
-    """Turn xvit errors into one stderr line and exit 2; other crashes exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
-        try:
-            return fn(*args, **kwargs)
-        except XvitError as exc:
-            if debug:
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except Exception as exc:
-            if debug:
-                traceback.print_exc()
-            click.echo(
-                f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                err=True,
-            )
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
+from ._cli_support import DEFAULT_MODEL, handle_errors, parse_value
 
 
 def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
@@ -61,11 +22,7 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
         if "=" not in item:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
         key, raw = item.split("=", 1)
-        try:
-            value: Any = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        params[key.strip().replace("-", "_")] = value
+        params[key.strip().replace("-", "_")] = parse_value(raw)
     return params
 
 
@@ -230,13 +187,9 @@ def _add_optional_commands() -> None:
         from .bench.cli import bench_command
     except ImportError:
         return
-    if bench_command.callback is not None:  # Ctrl-C and crashes end as in the other commands
-        bench_command.callback = handle_errors(bench_command.callback)
     main.add_command(bench_command, "bench")
     from .demo import demo_command
 
-    if demo_command.callback is not None:
-        demo_command.callback = handle_errors(demo_command.callback)
     main.add_command(demo_command, "demo")
 
 

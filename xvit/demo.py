@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from ._cli_support import DEFAULT_MODEL, handle_errors
+
 #: Cheaper settings than the methods' defaults, so the whole demo stays within minutes on a
 #: laptop CPU (RISE's default of 4000 masks alone would take longer than everything else).
 DEMO_PARAMS: dict[str, dict[str, Any]] = {"rise": {"num_masks": 500}}
@@ -79,7 +81,7 @@ def gallery(model: Any, samples: list[Any], methods: list[Any], path: Path) -> P
 @click.command("demo")
 @click.option(
     "--model",
-    default="xvit:digits-vit",
+    default=DEFAULT_MODEL,
     show_default=True,
     help="Model to explain (the shipped digits ViT by default; xvit:digits-deit too).",
 )
@@ -107,6 +109,7 @@ def gallery(model: Any, samples: list[Any], methods: list[Any], path: Path) -> P
     show_default=True,
     help="Images per explanation call.",
 )
+@handle_errors
 def demo_command(model: str, n: int, out_dir: str, device: str, batch_size: int) -> None:
     """Run every method on the embedded model and data: gallery PNG + benchmark table."""
     from .bench.runner import run_benchmark

@@ -7,16 +7,13 @@ The same command runs distributed under ``torchrun`` (see ``docs/distributed.md`
 
 from __future__ import annotations
 
-import ast
-import sys
-import traceback
 from typing import Any
 
 import click
 
-from .._errors import ParameterError, XvitError
+from .._cli_support import DEFAULT_MODEL, handle_errors, parse_value
+from .._errors import ParameterError
 
-DEFAULT_MODEL = "xvit:digits-vit"
 DEFAULT_DATA = "digits"
 
 
@@ -104,6 +101,7 @@ DEFAULT_DATA = "digits"
     help="Under torchrun: seconds a rank waits for the others (the end of the run waits "
     "for the slowest rank).",
 )
+@handle_errors
 def bench_command(
     model: str,
     data: str,
@@ -127,28 +125,21 @@ def bench_command(
     """
     from .runner import run_benchmark
 
-    try:
-        results = run_benchmark(
-            model,
-            data,
-            methods=with_params(methods, params),
-            metrics=metrics,
-            n=n,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
-            target=target,
-            out_dir=out_dir,
-            resume=not no_resume,
-            progress=True,
-            timeout=timeout,
-        )
-    except XvitError as exc:
-        ctx = click.get_current_context()
-        if ctx.find_root().params.get("debug"):
-            traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    results = run_benchmark(
+        model,
+        data,
+        methods=with_params(methods, params),
+        metrics=metrics,
+        n=n,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        target=target,
+        out_dir=out_dir,
+        resume=not no_resume,
+        progress=True,
+        timeout=timeout,
+    )
     for name, path in results.files.items():
         click.echo(f"{name}: {path}", err=True)
 
@@ -183,9 +174,5 @@ def with_params(methods: str, params: tuple[str, ...]) -> Any:
                 f"--param {item!r} is for method {method!r}, which is not among the methods "
                 f"of this run ({', '.join(names)}); add it to --methods"
             )
-        try:
-            value: Any = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        by_method.setdefault(method, {})[name.replace("-", "_")] = value
+        by_method.setdefault(method, {})[name.replace("-", "_")] = parse_value(raw)
     return [get_method(m).create(**by_method[m]) if m in by_method else m for m in names]
