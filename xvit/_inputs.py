@@ -84,11 +84,15 @@ def array_to_image(arr: np.ndarray) -> Any:
     return to_rgb(Image.fromarray(arr))
 
 
-def prepare_inputs(inputs: Any, adapter: ModelAdapter) -> tuple[torch.Tensor, list[Any] | None]:
-    """A checked B x C x H x W tensor on the model's device, and the PIL images if any.
+def prepare_inputs(
+    inputs: Any, adapter: ModelAdapter, *, to_device: bool = True
+) -> tuple[torch.Tensor, list[Any] | None]:
+    """A checked B x C x H x W tensor in the model's dtype, and the PIL images if any.
 
     Tensors are taken as already preprocessed; everything else goes through the model's own
-    preprocessing.
+    preprocessing. With ``to_device`` (default) the tensor is moved to the model's device;
+    without, it stays where it is (host memory for images), so that callers can move it one
+    group of images at a time.
     """
     if isinstance(inputs, torch.Tensor):
         x = inputs
@@ -97,7 +101,7 @@ def prepare_inputs(inputs: Any, adapter: ModelAdapter) -> tuple[torch.Tensor, li
             raise InvalidInputError(
                 "the input contains NaN or infinite values; clean or re-preprocess it"
             )
-        return x.to(device=adapter.device, dtype=adapter.dtype), None
+        return x.to(device=adapter.device if to_device else x.device, dtype=adapter.dtype), None
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     if not items:
         raise InvalidInputError("no inputs given: pass at least one image")
@@ -105,7 +109,7 @@ def prepare_inputs(inputs: Any, adapter: ModelAdapter) -> tuple[torch.Tensor, li
     prep = adapter.preprocessing
     x = torch.stack([prep(img) for img in images])
     adapter.check_input(x)
-    return x.to(device=adapter.device, dtype=adapter.dtype), images
+    return x.to(device=adapter.device if to_device else x.device, dtype=adapter.dtype), images
 
 
 def as_image(item: Any) -> Any:

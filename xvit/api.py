@@ -16,6 +16,12 @@ from .models import get_adapter, model_lock, preserved_state
 #: Images per forward when reading the clean logits, so memory does not grow with the batch.
 LOGITS_CHUNK = 64
 
+#: Images handed to a method at a time. Inputs stay where the caller keeps them (host memory
+#: for images and CPU tensors) and move to the model's device one group at a time, so device
+#: memory does not grow with the number of images. Every method's map of an image is
+#: independent of the other images in its call, so grouping does not change results.
+IMAGES_PER_CALL = 256
+
 
 def make_explainer(method: str | type[Explainer] | Explainer, **params: Any) -> Explainer:
     """An :class:`Explainer` from a name, a class, or an instance (then no params).
@@ -76,14 +82,24 @@ def explain(
     explainer = make_explainer(method, **params)
     adapter = get_adapter(model)
     out_device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
-    x, images = prepare_inputs(inputs, adapter)
+    x, images = prepare_inputs(inputs, adapter, to_device=False)
+    device = adapter.device
     with model_lock(adapter.model), preserved_state(adapter.model):
         try:
             with torch.inference_mode():
-                logits = torch.cat([adapter.logits(part) for part in x.split(LOGITS_CHUNK)])
+                logits = torch.cat(
+                    [adapter.logits(part.to(device)) for part in x.split(LOGITS_CHUNK)]
+                )
             targets = resolve_targets(target, logits, adapter.num_classes)
             probs = logits.float().softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
-            maps = explainer.attribute(adapter, x, targets)
+            maps = torch.cat(
+                [
+                    explainer.attribute(adapter, part.to(device), part_targets).to(out_device)
+                    for part, part_targets in zip(
+                        x.split(IMAGES_PER_CALL), targets.split(IMAGES_PER_CALL)
+                    )
+                ]
+            )
         except ModelOutputError as exc:
             # say which method was running; chain the model's own error, if any, directly
             raise ModelOutputError(f"{explainer.name}: {exc}") from exc.__cause__
@@ -93,7 +109,7 @@ def explain(
             f"were finite; check its parameters ({explainer.params()}) and the input's scale"
         )
     return Explanation(
-        map=maps.detach().to(out_device),
+        map=maps.detach(),
         method=explainer.name,
         targets=targets.to(out_device),
         probabilities=probs.to(out_device),
