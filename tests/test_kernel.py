@@ -71,12 +71,56 @@ def test_gradmask_gradient_pass_is_chunked(timm_vit: torch.nn.Module) -> None:
     )
     try:
         x = model_input(timm_vit, batch=9)
-        chunked = xvit.explain("gradmask", timm_vit, x, batch_size=16)  # 2 images per pass
+        chunked = xvit.explain("gradmask", timm_vit, x, batch_size=32)  # 2 images per pass
     finally:
         handle.remove()
     assert [s for s in sizes if s] and max(sizes) <= 2
     whole = xvit.explain("gradmask", timm_vit, x, batch_size=4096)
     torch.testing.assert_close(chunked.map, whole.map, rtol=1e-5, atol=1e-6)
+
+
+def _largest_batches(model: torch.nn.Module, n: int, batch_size: int) -> tuple[int, int]:
+    """Most images in one gradient pass and in one masked forward of a GradMask job."""
+    grad_sizes: list[int] = []
+    forward_sizes: list[int] = []
+
+    def record(_m, _i, out: torch.Tensor) -> None:
+        (grad_sizes if torch.is_grad_enabled() else forward_sizes).append(int(out.shape[0]))
+
+    handle = model.blocks[0].attn.qkv.register_forward_hook(record)
+    try:
+        xvit.explain("gradmask", model, model_input(model, batch=n), batch_size=batch_size)
+    finally:
+        handle.remove()
+    return max(grad_sizes), max(forward_sizes)
+
+
+def test_gradmask_working_set_does_not_grow_with_the_number_of_images(timm_vit) -> None:
+    # what a job holds at once is set by batch_size alone: a 10-image and a 40-image job run
+    # gradient passes and masked forwards of the same sizes
+    small = _largest_batches(timm_vit, 10, batch_size=64)
+    large = _largest_batches(timm_vit, 40, batch_size=64)
+    assert small == large == (4, 64)
+
+
+@pytest.mark.parametrize("method", ["gradmask", "rise", "random", "rollout"])
+def test_explain_hands_methods_bounded_groups_of_images(monkeypatch, timm_vit, method) -> None:
+    x = model_input(timm_vit, batch=7)
+    params = {"num_masks": 40} if method == "rise" else {}
+    whole = xvit.explain(method, timm_vit, x, **params).map
+    seen: list[int] = []
+    explainer = xvit.make_explainer(method, **params)
+    attribute = explainer.attribute
+
+    def spy(adapter, inputs, target):
+        seen.append(int(inputs.shape[0]))
+        return attribute(adapter, inputs, target)
+
+    monkeypatch.setattr(explainer, "attribute", spy)
+    monkeypatch.setattr(xvit.api, "IMAGES_PER_CALL", 3)
+    grouped = xvit.explain(explainer, timm_vit, x).map
+    assert seen == [3, 3, 1]
+    torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gradmask", "rise", "vitcx"])

@@ -45,6 +45,12 @@ def resolve_blocks(blocks: Any, num_blocks: int, method: str) -> list[int]:
     return out
 
 
+#: A gradient pass takes ``batch_size // GRADIENT_SHARE`` images at a time.
+GRADIENT_SHARE = 16
+#: The masks of ``batch_size // SCORING_SHARE`` images are scored together.
+SCORING_SHARE = 8
+
+
 @register_method
 class GradMask(Explainer):
     """GradMask (Marchetti, Traini, Ursino, Virgili, IJCNN 2025).
@@ -63,8 +69,8 @@ class GradMask(Explainer):
             (a CLS-pooled model's last-block patch queries get no gradient); "all"; or indices.
         fill: Value of masked-out pixels in the model's input space.
         batch_size: Masked images per forward (an int, or "auto"); the gradient pass takes
-            ``batch_size // 8`` images at a time, so memory stays bounded for any number of
-            images.
+            ``batch_size // 16`` images at a time and the masks of ``batch_size // 8`` images
+            are scored together, so memory stays bounded for any number of images.
         precision: "fp32", or "bf16" for bfloat16 autocast in the masked forwards (the
             gradient pass that builds the masks always runs in the model's own precision).
         compile: Run the masked forwards through ``torch.compile``.
@@ -153,12 +159,22 @@ class GradMask(Explainer):
     ) -> torch.Tensor:
         per_item = inputs[0].numel() * inputs.element_size()
         chunk = resolve_batch_size(self.batch_size, adapter, per_item)
-        images_per_pass = max(1, chunk // 8)
+        # A gradient pass keeps every block's activations (and attention) of its images for
+        # the backward, far more per image than a masked forward; GRADIENT_SHARE images per
+        # pass keep it near one chunk of masked forwards. The masks of SCORING_SHARE images
+        # are scored together so that chunks stay full.
+        grad_images = max(1, chunk // GRADIENT_SHARE)
+        scored_images = max(grad_images, chunk // SCORING_SHARE)
         maps = []
-        for start in range(0, inputs.shape[0], images_per_pass):
-            x = inputs[start : start + images_per_pass]
-            t = target[start : start + images_per_pass]
-            masks, base = self._masks_and_probs(adapter, x, t)
+        for start in range(0, inputs.shape[0], scored_images):
+            x = inputs[start : start + scored_images]
+            t = target[start : start + scored_images]
+            parts = [
+                self._masks_and_probs(adapter, xs, ts)
+                for xs, ts in zip(x.split(grad_images), t.split(grad_images))
+            ]
+            masks = torch.cat([p[0] for p in parts])
+            base = torch.cat([p[1] for p in parts])
             probs = score_binary_masks(
                 adapter,
                 x,
