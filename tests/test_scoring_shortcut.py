@@ -1,0 +1,391 @@
+"""The last-layer shortcut of ``ModelAdapter.scoring_logits`` (HF and timm adapters).
+
+Where the classifier reads only the prefix rows (CLS, distillation token), the last layer
+computes queries and the MLP for those rows alone. These tests check that the logits equal
+the plain forward's, that the shortcut really runs (the last layer's MLP sees only the rows
+the head reads: a class-level spy, since hooks on the last layer make the HF shortcut fall
+back), and that it steps aside wherever it cannot be exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_hf_legacy import legacy_site  # noqa: F401  (module fixture: transformers 4.46.3)
+from torch import nn
+
+import xvit
+from conftest import DEPTH, HEADS, HIDDEN, MODEL_FACTORIES, NUM_CLASSES, model_input
+
+ATOL = 1e-5
+
+
+def _spread(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights far from the near-zero init, so wrong rows or scales show in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def _hf(
+    model_class: str,
+    image_size: int | tuple[int, int] = 32,
+    depth: int = DEPTH,
+    **config: Any,
+) -> nn.Module:
+    import transformers
+
+    config_class = "ViTConfig" if model_class.startswith("ViT") else "DeiTConfig"
+    cfg = getattr(transformers, config_class)(
+        hidden_size=HIDDEN,
+        num_hidden_layers=depth,
+        num_attention_heads=HEADS,
+        intermediate_size=4 * HIDDEN,
+        image_size=image_size,
+        patch_size=8,
+        num_labels=NUM_CLASSES,
+        layer_norm_eps=1e-6,
+        **config,
+    )
+    torch.manual_seed(0)
+    return _spread(getattr(transformers, model_class)(cfg))
+
+
+#: name -> (factory, rows the classifier reads)
+HF_CASES: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "vit": (lambda: _hf("ViTForImageClassification"), 1),
+    "vit-rect": (lambda: _hf("ViTForImageClassification", (32, 48)), 1),
+    "vit-eager-2-layers": (
+        lambda: _hf("ViTForImageClassification", depth=2, attn_implementation="eager"),
+        1,
+    ),
+    "vit-no-qkv-bias-gelu-new": (
+        lambda: _hf("ViTForImageClassification", qkv_bias=False, hidden_act="gelu_new"),
+        1,
+    ),
+    "deit": (lambda: _hf("DeiTForImageClassification"), 1),
+    "deit-teacher": (lambda: _hf("DeiTForImageClassificationWithTeacher"), 2),
+    "deit-teacher-rect": (lambda: _hf("DeiTForImageClassificationWithTeacher", (32, 48)), 2),
+    "deit-teacher-1-layer": (lambda: _hf("DeiTForImageClassificationWithTeacher", depth=1), 2),
+}
+
+
+@contextmanager
+def mlp_rows(
+    monkeypatch: pytest.MonkeyPatch, layers: list[nn.Module], attr: str = "mlp"
+) -> Iterator[list[list[int]]]:
+    """Rows each layer's ``attr`` module sees, per layer, recorded by patching its class's
+    ``forward`` (instance hooks would change what is being measured)."""
+    index = {id(getattr(layer, attr)): i for i, layer in enumerate(layers)}
+    seen: list[list[int]] = [[] for _ in layers]
+    cls = type(getattr(layers[0], attr))
+    original = cls.forward
+
+    def spy(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if id(self) in index:
+            seen[index[id(self)]].append(int(hidden_states.shape[1]))
+        return original(self, hidden_states, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(cls, "forward", spy)
+        yield seen
+
+
+def _check_scoring(
+    model: nn.Module,
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int = 3,
+    adapter: xvit.ModelAdapter | None = None,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Assert scoring == forward; return the MLP rows each saw (scoring, forward)."""
+    adapter = adapter or xvit.get_adapter(model)
+    x = model_input(model, batch=batch)
+    layers = adapter.layers  # type: ignore[attr-defined]
+    with torch.no_grad(), mlp_rows(monkeypatch, layers) as scoring_rows:
+        fast = adapter.scoring_logits(x)
+    with torch.no_grad(), mlp_rows(monkeypatch, layers) as forward_rows:
+        plain = adapter.forward_logits(x)
+    assert fast.shape == plain.shape == (batch, NUM_CLASSES)
+    assert plain.abs().max() > 0.1  # the logits are not all near zero
+    torch.testing.assert_close(fast, plain, rtol=0, atol=ATOL)
+    return scoring_rows, forward_rows
+
+
+@pytest.mark.parametrize("case", sorted(HF_CASES))
+def test_hf_shortcut_equals_forward_and_skips_patch_rows(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    factory, keep = HF_CASES[case]
+    model = factory()
+    n = xvit.get_adapter(model).geometry.num_tokens()
+    scoring, forward = _check_scoring(model, monkeypatch)
+    assert forward == [[n]] * len(forward)  # the spy sees the plain forward
+    assert scoring == [[n]] * (len(scoring) - 1) + [[keep]]
+
+
+def test_hf_conftest_models_take_the_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, keep in [("hf-vit", 1), ("hf-deit", 1), ("hf-deit-teacher", 2)]:
+        scoring, _ = _check_scoring(MODEL_FACTORIES[name](), monkeypatch)
+        assert scoring[-1] == [keep], name
+
+
+def test_hf_pixel_dtype_is_cast_like_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = HF_CASES["deit-teacher"][0]()
+    adapter = xvit.get_adapter(model)
+    x = model_input(model).double()
+    with torch.no_grad(), mlp_rows(monkeypatch, adapter.layers) as rows:  # type: ignore[attr-defined]
+        fast = adapter.scoring_logits(x)
+    assert fast.dtype == torch.float32 and rows[-1] == [2]
+    with torch.no_grad():
+        torch.testing.assert_close(fast, adapter.forward_logits(x), rtol=0, atol=ATOL)
+
+
+def _assert_falls_back(
+    model: nn.Module, monkeypatch: pytest.MonkeyPatch, adapter: xvit.ModelAdapter | None = None
+) -> None:
+    n = xvit.get_adapter(model).geometry.num_tokens()
+    scoring, _ = _check_scoring(model, monkeypatch, adapter=adapter)
+    assert scoring[-1] == [n]
+
+
+def _mean_pooled_vit() -> nn.Module:
+    """A ``ViTForImageClassification`` subclass whose head averages every token."""
+    from transformers import ViTForImageClassification
+
+    class MeanPooled(ViTForImageClassification):
+        def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+            out = self.vit(pixel_values)
+            logits = self.classifier(out.last_hidden_state.mean(dim=1))
+            return type("Out", (), {"logits": logits})()
+
+    model = _hf("ViTForImageClassification")
+    model.__class__ = MeanPooled
+    return model
+
+
+def test_hf_avg_pooled_subclass_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _mean_pooled_vit()
+    assert type(xvit.get_adapter(model)).__name__ == "HFViTAdapter"
+    _assert_falls_back(model, monkeypatch)
+
+
+def test_hf_training_mode_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = HF_CASES["deit-teacher"][0]().train()  # dropout probabilities are 0: deterministic
+    _assert_falls_back(model, monkeypatch)
+    model = HF_CASES["vit"][0]()
+    model.vit.layers[-1].train()  # only the last layer in training mode
+    _assert_falls_back(model, monkeypatch)
+
+
+def test_hf_inside_eager_attention_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = HF_CASES["vit"][0]()
+    adapter = xvit.get_adapter(model)
+    with adapter.eager_attention():
+        _assert_falls_back(model, monkeypatch, adapter)
+    scoring, _ = _check_scoring(model, monkeypatch, adapter=adapter)
+    assert scoring[-1] == [1]  # and the flag is cleared on exit
+
+
+@pytest.mark.parametrize(
+    "where", ["model", "backbone", "last-layer", "last-mlp", "last-q", "final-norm"]
+)
+def test_hf_hooks_make_it_fall_back(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model: Any = HF_CASES["deit-teacher"][0]()
+    last = model.deit.layers[-1]
+    module = {
+        "model": model,
+        "backbone": model.deit,
+        "last-layer": last,
+        "last-mlp": last.mlp,
+        "last-q": last.attention.q_proj,
+        "final-norm": model.deit.layernorm,
+    }[where]
+    seen: list[int] = []
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(1))
+    try:
+        _assert_falls_back(model, monkeypatch)
+    finally:
+        handle.remove()
+    assert seen
+    scoring, _ = _check_scoring(model, monkeypatch)
+    assert scoring[-1] == [2]  # shortcut back once the hook is gone
+
+
+def test_hf_replaced_forward_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    model: Any = HF_CASES["vit"][0]()
+    last = model.vit.layers[-1]
+    original = last.forward
+    last.forward = lambda *a, **k: original(*a, **k)  # as accelerate's device hooks do
+    _assert_falls_back(model, monkeypatch)
+
+
+def test_hf_modified_last_layer_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    model: Any = HF_CASES["vit"][0]()
+    model.vit.layers[-1].layernorm_after = nn.Identity()
+    _assert_falls_back(model, monkeypatch)
+    model = HF_CASES["vit"][0]()
+    model.vit.layernorm = nn.Identity()
+    _assert_falls_back(model, monkeypatch)
+
+
+def test_hf_attention_mask_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mask other than None (flex attention's BlockMask) is not re-implemented."""
+    from xvit.models import hf_vit
+
+    monkeypatch.setattr(hf_vit, "bidirectional_mask", lambda config, embeddings: object())
+    _assert_falls_back(HF_CASES["vit"][0](), monkeypatch)
+
+
+@pytest.mark.slow
+def test_hf_flex_attention_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    _assert_falls_back(
+        _hf("ViTForImageClassification", depth=2, attn_implementation="flex_attention"),
+        monkeypatch,
+    )
+
+
+# --- timm (test_kernel.py covers equality for every tiny model and timm-vit's row count) -------
+@pytest.mark.parametrize(("name", "keep"), [("timm-deit-distilled", 2), ("timm-vit-registers", 4)])
+def test_timm_shortcut_keeps_the_prefix_rows(
+    name: str, keep: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model: Any = MODEL_FACTORIES[name]()
+    scoring, forward = _timm_rows(model, monkeypatch)
+    n = xvit.get_adapter(model).geometry.num_tokens()
+    assert forward[-1] == [n] and scoring[-1] == [keep] and scoring[0] == [n]
+
+
+@pytest.mark.parametrize("name", ["timm-vit-avgpool", "timm-vit-train"])
+def test_timm_shortcut_falls_back(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model: Any = MODEL_FACTORIES[name.replace("-train", "")]()
+    if name.endswith("-train"):
+        model.train()  # drop rates are 0: deterministic
+    scoring, _ = _timm_rows(model, monkeypatch)
+    assert scoring[-1] == [xvit.get_adapter(model).geometry.num_tokens()]
+
+
+def _timm_rows(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[list[int]], list[list[int]]]:
+    adapter = xvit.get_adapter(model)
+    x = model_input(model, batch=3)
+    blocks = list(model.blocks)
+    with torch.no_grad(), mlp_rows(monkeypatch, blocks) as scoring:
+        fast = adapter.scoring_logits(x)
+    with torch.no_grad(), mlp_rows(monkeypatch, blocks) as forward:
+        plain = adapter.forward_logits(x)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=ATOL)
+    return scoring, forward
+
+
+# --- transformers 4.x layout ------------------------------------------------------------------
+LEGACY_SCRIPT = r"""
+import json, sys
+import torch, transformers, xvit
+
+report = {"version": transformers.__version__, "cases": []}
+base = json.loads(sys.argv[1])
+cases = [
+    ("ViTConfig", "ViTForImageClassification", [32, 32], 1),
+    ("DeiTConfig", "DeiTForImageClassification", [32, 32], 1),
+    ("DeiTConfig", "DeiTForImageClassificationWithTeacher", [24, 40], 2),
+]
+for impl in ("eager", "sdpa"):
+    for config_name, model_name, size, keep in cases:
+        config = getattr(transformers, config_name)(
+            **base, image_size=size, attn_implementation=impl
+        )
+        torch.manual_seed(0)
+        model = getattr(transformers, model_name)(config).eval()
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.2)
+        adapter = xvit.get_adapter(model)
+        layers = adapter.layers
+        index = {id(layer.intermediate): i for i, layer in enumerate(layers)}
+        cls = type(layers[0].intermediate)
+        original = cls.forward
+        seen = []
+
+        def spy(self, hidden_states):
+            if index.get(id(self)) == len(layers) - 1:
+                seen.append(int(hidden_states.shape[1]))
+            return original(self, hidden_states)
+
+        cls.forward = spy
+        x = torch.randn(3, 3, *size, generator=g)
+        try:
+            with torch.no_grad():
+                fast = adapter.scoring_logits(x)
+                rows_fast = list(seen)
+                seen.clear()
+                plain = adapter.forward_logits(x)
+                rows_plain = list(seen)
+                seen.clear()
+                model.train()
+                trained = adapter.scoring_logits(x)
+                rows_train = list(seen)
+                model.eval()
+        finally:
+            cls.forward = original
+        report["cases"].append({
+            "impl": impl,
+            "model": model_name,
+            "attention": type(layers[-1].attention.attention).__name__,
+            "legacy": adapter.legacy_layout,
+            "keep": keep,
+            "n": adapter.geometry.num_tokens(),
+            "diff": (fast - plain).abs().max().item(),
+            "train_diff": (trained - plain).abs().max().item(),
+            "scale": plain.abs().max().item(),
+            "rows_fast": rows_fast,
+            "rows_plain": rows_plain,
+            "rows_train": rows_train,
+        })
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_legacy_layout_shortcut(legacy_site: Path) -> None:  # noqa: F811
+    base = dict(
+        hidden_size=HIDDEN,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=4 * HIDDEN,
+        patch_size=8,
+        num_labels=NUM_CLASSES,
+        layer_norm_eps=1e-6,
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(legacy_site), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", LEGACY_SCRIPT, json.dumps(base)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["version"] == "4.46.3"
+    attentions = {case["attention"] for case in report["cases"]}
+    assert attentions >= {"ViTSelfAttention", "ViTSdpaSelfAttention", "DeiTSdpaSelfAttention"}
+    for case in report["cases"]:
+        assert case["legacy"], case
+        assert case["scale"] > 0.1 and case["diff"] <= ATOL, case
+        assert case["rows_fast"] == [case["keep"]], case
+        assert case["rows_plain"] == [case["n"]] == case["rows_train"], case
+        assert case["train_diff"] <= ATOL, case  # training mode: the plain forward
