@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import math
 import subprocess
 import sys
 import time
@@ -49,7 +49,9 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn: Any, device: torch.device) -> tuple[Any, float, float]:
-    """(result, seconds, peak bytes) of one call; peak is CUDA memory or process max RSS."""
+    """(result, seconds, peak bytes) of one call; peak is the CUDA memory of the call, or NaN
+    on CPU, where one call's peak cannot be told apart from the process's (the memory check
+    runs separate processes instead)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
@@ -57,20 +59,9 @@ def timed(fn: Any, device: torch.device) -> tuple[Any, float, float]:
     out = fn()
     sync(device)
     secs = time.perf_counter() - t0
-    if device.type == "cuda":
-        peak = float(torch.cuda.max_memory_allocated(device))
-    else:
-        peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    cuda = device.type == "cuda"
+    peak = float(torch.cuda.max_memory_allocated(device)) if cuda else float("nan")
     return out, secs, peak
-
-
-def timed_best(fn: Any, device: torch.device, repeats: int) -> tuple[Any, float, float]:
-    """Best-of-``repeats`` time (robust to other load on the machine), max peak memory."""
-    best_secs, peak, out = float("inf"), 0.0, None
-    for _ in range(repeats):
-        out, secs, p = timed(fn, device)
-        best_secs, peak = min(best_secs, secs), max(peak, p)
-    return out, best_secs, peak
 
 
 def matmul_tflops(device: torch.device) -> float:
@@ -114,32 +105,26 @@ def bench_case(
     check_equal: bool = False,
     roofline: float | None = None,
     compile_model: bool = False,
+    repeats: int | None = None,
 ) -> list[dict[str, Any]]:
+    """Time the faithful baseline and each method in interleaved rounds (best of ``repeats``).
+
+    Interleaving matters on shared machines, whose speed drifts over tens of seconds: the
+    baseline and xvit see the same conditions in every round, so their ratio is fair.
+    """
     geo = xvit.get_adapter(model).geometry
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n_images, geo.in_chans, *geo.image_size, generator=g).to(device)
     with torch.no_grad():
         targets = model(x[:n_baseline]).argmax(-1)
-    rows = []
-    repeats = 3 if device.type == "cpu" else 1
-    base, t_base, peak_base = timed_best(
-        lambda: faithful_gradmask(model, x[:n_baseline], targets), device, repeats
-    )
-    base_rate = n_baseline / t_base
-    rows.append(
-        dict(
-            case=label,
-            method="gradmask (faithful baseline)",
-            precision="fp32",
-            images=n_baseline,
-            seconds=t_base,
-            expl_per_s=base_rate,
-            peak_mb=peak_base / 2**20,
-            speedup=1.0,
+    repeats = repeats or (3 if device.type == "cpu" else 1)
+    jobs: dict[str, tuple[int, Any]] = {
+        "gradmask (faithful baseline)": (
+            n_baseline,
+            lambda: faithful_gradmask(model, x[:n_baseline], targets),
         )
-    )
-    flops = vit_forward_flops(model)
-    k = 3 * (geo.num_blocks - 1) * 4
+    }
+    params_of: dict[str, dict[str, Any]] = {}
     for method in methods:
         params: dict[str, Any] = {"batch_size": batch_size}
         if method in ("gradmask", "rise", "vitcx"):
@@ -153,23 +138,38 @@ def bench_case(
         n = n_images if method == "gradmask" else max(1, n_images // 8)
         # warm-up (and compilation) outside the timing
         xvit.explain(method, model, x[:1], **params)
-        _, secs, peak = timed_best(
-            lambda m=method, n=n, p=params: xvit.explain(m, model, x[:n], **p), device, repeats
-        )
+        params_of[method] = params
+        jobs[method] = (n, lambda m=method, n=n, p=params: xvit.explain(m, model, x[:n], **p))
+    best: dict[str, tuple[float, float]] = {}
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, (_n, fn) in jobs.items():
+            out, secs, peak = timed(fn, device)
+            old_secs, old_peak = best.get(name, (float("inf"), peak))
+            best[name] = (min(old_secs, secs), max(old_peak, peak))
+            results[name] = out
+    base = results["gradmask (faithful baseline)"]
+    base_rate = n_baseline / best["gradmask (faithful baseline)"][0]
+    flops = vit_forward_flops(model)
+    k = 3 * (geo.num_blocks - 1) * 4
+    rows = []
+    for name, (n, _fn) in jobs.items():
+        secs, peak = best[name]
+        is_base = name == "gradmask (faithful baseline)"
         row = dict(
             case=label,
-            method=method,
-            precision=precision,
+            method=name,
+            precision="fp32" if is_base else precision,
             images=n,
             seconds=secs,
             expl_per_s=n / secs,
-            peak_mb=peak / 2**20,
-            speedup=(n / secs) / base_rate if method == "gradmask" else None,
+            peak_mb=None if math.isnan(peak) else peak / 2**20,
+            speedup=1.0 if is_base else (n / secs) / base_rate if name == "gradmask" else None,
         )
-        if method == "gradmask":
+        if name == "gradmask":
             if check_equal:
                 ours = xvit.explain(
-                    "gradmask", model, x[:n_baseline], target=targets, batch_size=batch_size
+                    "gradmask", model, x[:n_baseline], target=targets, **params_of[name]
                 ).map
                 err = ((ours - base).abs().max() / base.abs().max()).item()
                 row["max_rel_diff_vs_baseline"] = err
@@ -183,12 +183,18 @@ def bench_case(
 
 
 def memory_scaling(device: torch.device, small: int, large: int) -> dict[str, Any]:
-    """Peak memory of a `large`-image GradMask job over a `small`-image one, same batch_size."""
+    """Peak memory of a `large`-image GradMask job over a `small`-image one, same batch_size.
+
+    The images live in host memory, as they do when they come from files or a data loader;
+    xvit moves them to the device one group at a time. On CUDA the peak is the job's device
+    memory (the model's weights included); on CPU it is the peak RSS of a fresh process, which
+    also counts the images themselves.
+    """
     if device.type == "cuda":
         model = build("vit_base_patch16_224", device, num_classes=1000)
         peaks = {}
         for n in (small, large):
-            x = torch.randn(n, 3, 224, 224, device=device)
+            x = torch.randn(n, 3, 224, 224)
             torch.cuda.empty_cache()
             _, _, peaks[n] = timed(
                 lambda x=x: xvit.explain("gradmask", model, x, batch_size=128, precision="bf16"),
@@ -199,13 +205,16 @@ def memory_scaling(device: torch.device, small: int, large: int) -> dict[str, An
 
         def rss(n: int) -> float:
             code = (
-                "import resource, torch, timm, xvit\n"
+                "import torch, timm, xvit\n"
                 "torch.manual_seed(0)\n"
                 "m = timm.create_model('vit_tiny_patch16_224', img_size=64, patch_size=8,"
                 " num_classes=10).eval()\n"
                 f"x = torch.randn({n}, 3, 64, 64)\n"
                 "xvit.explain('gradmask', m, x, batch_size=64)\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+                # VmHWM: this process's peak RSS (ru_maxrss would carry over the parent's
+                # peak through fork + exec)
+                "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+                "print(int(hwm.split()[1]) * 1024)\n"
             )
             out = subprocess.run(
                 [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -242,7 +251,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         cells = []
         for c in cols:
             v = r.get(c)
-            cells.append("" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v))
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("")
+            else:
+                cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
         print("| " + " | ".join(cells) + " |")
 
 
@@ -250,7 +262,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     ap.add_argument("--gpu-only", action="store_true", help="skip the CPU cases")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile on CUDA")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (CPU and CUDA)")
     ap.add_argument("--memory-only", action="store_true", help="only the CUDA memory-scaling check")
     ap.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     args = ap.parse_args()
@@ -260,19 +272,48 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if not args.gpu_only:
         n = 16 if args.quick else 64
+        embedded = embedded_model(cpu)
         rows += bench_case(
             "embedded ViT, CPU",
-            embedded_model(cpu),
+            embedded,
             cpu,
             n,
             n,
-            batch_size=128,
+            batch_size=64,
             methods=("gradmask", "rise", "vitcx"),
             check_equal=True,
+            repeats=5,
+        )
+        if args.compile:
+            rows += bench_case(
+                "embedded ViT, CPU, compiled",
+                embedded,
+                cpu,
+                n,
+                n,
+                batch_size=64,
+                compile_model=True,
+                repeats=5,
+            )
+        rows += bench_case(
+            "embedded ViT, CPU (bf16 autocast; maps not exact)",
+            embedded,
+            cpu,
+            n,
+            n,
+            batch_size=64,
+            precision="bf16",
+            repeats=5,
         )
         nb = 1 if args.quick else 2
         rows += bench_case(
-            "ViT-B/16 (random), CPU", build("vit_base_patch16_224", cpu), cpu, nb, nb, batch_size=32
+            "ViT-B/16 (random), CPU",
+            build("vit_base_patch16_224", cpu),
+            cpu,
+            nb,
+            nb,
+            batch_size=32,
+            repeats=2,
         )
         rows += bench_case(
             "DeiT-B-distilled (random), CPU",
@@ -281,6 +322,7 @@ def main() -> None:
             nb,
             nb,
             batch_size=32,
+            repeats=2,
         )
         extra["memory_cpu"] = memory_scaling(cpu, 10, 100 if args.quick else 1000)
     if args.memory_only and torch.cuda.is_available():
