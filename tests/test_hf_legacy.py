@@ -149,25 +149,34 @@ def legacy_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     return site
 
 
+#: The tiny config both layouts are built from (the 4.x side in a subprocess).
+LEGACY_CONFIG = dict(
+    hidden_size=HIDDEN,
+    num_hidden_layers=DEPTH,
+    num_attention_heads=HEADS,
+    intermediate_size=4 * HIDDEN,
+    patch_size=8,
+    num_labels=NUM_CLASSES,
+    layer_norm_eps=1e-6,
+)
+
+
+def run_with_transformers_4(site: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -c script *args`` with the transformers 4.46.3 install first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
 @pytest.fixture(scope="module")
 def legacy_run(legacy_site: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """Run the 4.x script once; its JSON report and the folder with its saved tensors."""
     out = tmp_path_factory.mktemp("legacy-out")
-    base = dict(
-        hidden_size=HIDDEN,
-        num_hidden_layers=DEPTH,
-        num_attention_heads=HEADS,
-        intermediate_size=4 * HIDDEN,
-        patch_size=8,
-        num_labels=NUM_CLASSES,
-        layer_norm_eps=1e-6,
-    )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(legacy_site), env.get("PYTHONPATH")]))
+    base = LEGACY_CONFIG
     args = [str(out), json.dumps(KINDS), json.dumps(base), json.dumps(TARGETS)]
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    proc = run_with_transformers_4(legacy_site, SCRIPT, *args)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     report["base"] = base

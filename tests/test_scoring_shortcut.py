@@ -10,9 +10,6 @@ back), and that it steps aside wherever it cannot be exact.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +17,11 @@ from typing import Any
 
 import pytest
 import torch
-from test_hf_legacy import legacy_site  # noqa: F401  (module fixture: transformers 4.46.3)
+from test_hf_legacy import (  # legacy_site: module fixture, transformers 4.46.3
+    LEGACY_CONFIG,
+    legacy_site,  # noqa: F401
+    run_with_transformers_4,
+)
 from torch import nn
 
 import xvit
@@ -360,24 +361,8 @@ print(json.dumps(report))
 
 @pytest.mark.slow
 def test_legacy_layout_shortcut(legacy_site: Path) -> None:  # noqa: F811
-    base = dict(
-        hidden_size=HIDDEN,
-        num_hidden_layers=DEPTH,
-        num_attention_heads=HEADS,
-        intermediate_size=4 * HIDDEN,
-        patch_size=8,
-        num_labels=NUM_CLASSES,
-        layer_norm_eps=1e-6,
-    )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(legacy_site), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", LEGACY_SCRIPT, json.dumps(base)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    base = LEGACY_CONFIG
+    proc = run_with_transformers_4(legacy_site, LEGACY_SCRIPT, json.dumps(base))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["version"] == "4.46.3"
