@@ -37,6 +37,31 @@ def hook_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+def has_hooks(modules: list[nn.Module]) -> bool:
+    """Whether any of ``modules`` has a hook (of any kind counted by :func:`hook_counts`) or a
+    replaced ``forward`` (accelerate's device hooks, a user's patch), or global module hooks
+    are registered: code that calls a model's parts in its own way would skip them or hand
+    them other inputs.
+
+    Example:
+        >>> from torch import nn
+        >>> m = nn.Linear(2, 2)
+        >>> has_hooks([m])
+        False
+        >>> _ = m.register_forward_hook(lambda *args: None)
+        >>> has_hooks([m])
+        True
+    """
+    from torch.nn.modules import module as torch_module
+
+    for name in ("_global_forward_hooks", "_global_forward_pre_hooks"):
+        if getattr(torch_module, name, None):
+            return True
+    return any(
+        "forward" in vars(m) or any(getattr(m, attr, None) for attr in _HOOK_DICTS) for m in modules
+    )
+
+
 @contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Put ``model`` in eval mode for the block; restore every module's mode and every

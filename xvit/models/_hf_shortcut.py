@@ -105,29 +105,6 @@ def legacy_bypassed_modules(layer: nn.Module) -> list[nn.Module] | None:
     return [layer, attn, inner]  # type: ignore[list-item]
 
 
-def has_hooks(modules: list[nn.Module]) -> bool:
-    """Whether any module has forward/backward hooks or a replaced ``forward`` (accelerate's
-    device hooks, a user's patch), or global module hooks are registered: the shortcut would
-    skip them or hand them fewer rows."""
-    from torch.nn.modules import module as torch_module
-
-    for name in ("_global_forward_hooks", "_global_forward_pre_hooks"):
-        if getattr(torch_module, name, None):
-            return True
-    for m in modules:
-        if "forward" in vars(m):
-            return True
-        for name in (
-            "_forward_hooks",
-            "_forward_pre_hooks",
-            "_backward_hooks",
-            "_backward_pre_hooks",
-        ):
-            if getattr(m, name, None):
-                return True
-    return False
-
-
 def bidirectional_mask(config: Any, embeddings: torch.Tensor) -> Any:
     """The attention mask a 5.x ``ViTModel``/``DeiTModel`` builds for an unpadded batch: None
     for eager and SDPA, a ``BlockMask`` for flex attention. Unknown (no ``masking_utils``):

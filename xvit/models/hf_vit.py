@@ -11,11 +11,11 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, model_lock
+from ._guard import has_hooks
 from ._hf_shortcut import (
     HEADS,
     bidirectional_mask,
     bypassed_modules,
-    has_hooks,
     is_transformers_class,
     legacy_bypassed_modules,
     legacy_prefix_rows,
