@@ -119,6 +119,10 @@ class Metric(Configurable, ABC):
         return f"{type(self).__name__}({args})"
 
 
+#: Interpolation modes for bringing a saliency map to the input size.
+UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
+
+
 def saliency_at(
     a_batch: torch.Tensor | Explanation,
     size: tuple[int, int],
@@ -129,7 +133,7 @@ def saliency_at(
     Raises:
         InvalidInputError: The maps are not B x h x w, or hold NaN or infinite values.
     """
-    if mode not in ("nearest", "bilinear", "bicubic"):
+    if mode not in UPSAMPLE_MODES:
         raise ParameterError(f"upsample must be 'nearest', 'bilinear' or 'bicubic', got {mode!r}")
     if isinstance(a_batch, Explanation):
         maps = a_batch.map

@@ -31,7 +31,16 @@ from ..methods._base import check_batch_size
 from ..methods._scoring import resolve_batch_size
 from ..models import get_adapter, model_lock, preserved_state
 from ..models._base import ModelAdapter
-from ._base import Boxes, Metric, MetricResult, check_batch, check_choice, check_seeds, saliency_at
+from ._base import (
+    UPSAMPLE_MODES,
+    Boxes,
+    Metric,
+    MetricResult,
+    check_batch,
+    check_choice,
+    check_seeds,
+    saliency_at,
+)
 from ._substrates import SUBSTRATES, check_preprocessing, make_substrate
 
 #: The percentages of pixels at which the GradMask authors evaluate (with 0 added).
@@ -182,9 +191,7 @@ class CausalMetric(Metric):
             )
         self.blur_kernel = blur_kernel
         self.blur_sigma = float(blur_sigma)
-        self.upsample = check_choice(
-            "upsample", upsample, ("nearest", "bilinear", "bicubic"), self.name
-        )
+        self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES, self.name)
         self.batch_size = check_batch_size(batch_size, self.name)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ParameterError(f"{self.name}: seed must be an integer, got {seed!r}")

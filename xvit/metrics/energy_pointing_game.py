@@ -9,7 +9,15 @@ from typing import Any
 import torch
 
 from ..explanation import Explanation
-from ._base import Boxes, Metric, MetricResult, check_batch, check_choice, saliency_at
+from ._base import (
+    UPSAMPLE_MODES,
+    Boxes,
+    Metric,
+    MetricResult,
+    check_batch,
+    check_choice,
+    saliency_at,
+)
 from ._boxes import box_masks, require_boxes
 from ._registration import register_metric
 from .pointing_game import _map_size
@@ -106,9 +114,7 @@ class EnergyPointingGame(Metric):
     needs_boxes = True
 
     def __init__(self, *, upsample: str = "nearest", normalize: str = "minmax") -> None:
-        self.upsample = check_choice(
-            "upsample", upsample, ("nearest", "bilinear", "bicubic"), self.name
-        )
+        self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES, self.name)
         self.normalize = check_choice("normalize", normalize, NORMALIZATIONS, self.name)
 
     def __call__(

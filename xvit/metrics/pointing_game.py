@@ -10,7 +10,15 @@ import torch
 
 from .._errors import InvalidInputError, ParameterError
 from ..explanation import Explanation
-from ._base import Boxes, Metric, MetricResult, check_batch, check_choice, saliency_at
+from ._base import (
+    UPSAMPLE_MODES,
+    Boxes,
+    Metric,
+    MetricResult,
+    check_batch,
+    check_choice,
+    saliency_at,
+)
 from ._boxes import box_masks, require_boxes
 from ._registration import register_metric
 
@@ -129,9 +137,7 @@ class PointingGame(Metric):
                 f"pointing_game: tolerance must be a positive number of pixels, got {tolerance!r}"
             )
         self.tolerance = tolerance
-        self.upsample = check_choice(
-            "upsample", upsample, ("nearest", "bilinear", "bicubic"), self.name
-        )
+        self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES, self.name)
 
     def __call__(
         self,
