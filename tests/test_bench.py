@@ -451,3 +451,31 @@ def test_cli(model, tmp_path: Path, monkeypatch) -> None:
     result = CliRunner().invoke(bench_command, args)
     assert result.exit_code == 2
     assert "error:" in result.output and "line 1 is not a valid result record" in result.output
+
+
+def test_bench_and_demo_play_the_pointing_game_with_one_tolerance() -> None:
+    from xvit.bench.runner import resolve_metrics
+    from xvit.demo import demo_metrics
+
+    size = (64, 64)  # the shipped digits
+    (bench,) = resolve_metrics("pointing_game")
+    (demo,) = [m for m in demo_metrics(size) if m.name == "pointing_game"]
+    maps = torch.zeros(2, *size)
+    maps[:, 10, 10] = 1.0
+    boxes = [[(14, 10, 15, 11)], [(15, 10, 16, 11)]]  # 4 px and 5 px from the maximum
+    x = torch.zeros(2, 3, *size)
+    scores = [m(None, x, [0, 0], maps, boxes).scores.tolist() for m in (bench, demo)]
+    assert scores == [[1.0, 0.0], [1.0, 0.0]]  # 15 px x 64 / 224 = 4.3 px in both
+    assert bench.footnote(size) == demo.footnote(size)
+
+
+def test_table_footer_states_the_pointing_game_tolerance(model) -> None:
+    data = fake_dataset(2)
+    res = run_benchmark(model, data, methods="random", metrics="pointing_game", n=2, progress=False)
+    footer = res.table.splitlines()[-1]
+    assert footer.startswith("pointing_game: a hit within 2.1 px")  # 15 x 32 / 224
+    assert "15 px per 224 px of the input's shorter side" in footer
+    assert res.config["notes"] == [footer]
+    sharp = xvit.metrics.PointingGame(tolerance=1)
+    res = run_benchmark(model, data, methods="random", metrics=[sharp], n=2, progress=False)
+    assert "within 1.0 px" in res.table and "set by the tolerance parameter" in res.table
