@@ -199,3 +199,25 @@ def test_a_bare_parameter_goes_to_the_methods_that_have_it(
     params = dict(spies["explained"])
     assert params["rise"]["num_masks"] == 8 and params["gradmask"]["masks_per_layer"] == 1
     assert params["rollout"] == xvit.get_method("rollout").defaults()
+
+
+def test_images_with_one_file_name_get_distinct_overlays(checkpoint: Path, tmp_path: Path) -> None:
+    for folder, shade in (("d1", 0), ("d2", 255)):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (40, 40), (shade,) * 3).save(tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    images = [str(tmp_path / "d1" / "x.png"), str(tmp_path / "d2" / "x.png")]
+    result = CliRunner().invoke(
+        main, ["explain", *images, "--model", str(checkpoint), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    written = {"d1": out / "d1_x_gradmask.png", "d2": out / "d2_x_gradmask.png"}
+    assert sorted(out.iterdir()) == sorted(written.values())
+    for image, line in zip(images, result.stdout.splitlines()):
+        folder = Path(image).parent.name
+        assert line.startswith(f"{image}:") and line.endswith(f"-> {written[folder]}")
+    brightness = {}
+    for folder, path in written.items():
+        with Image.open(path) as png:
+            brightness[folder] = np.asarray(png.convert("L"), dtype=float).mean()
+    assert brightness["d1"] < brightness["d2"]  # each file shows its own (black / white) input

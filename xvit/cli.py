@@ -112,7 +112,12 @@ def explain_cmd(
 ) -> None:
     """Explain IMAGES: one overlay PNG per image for one method, OUT/<image>_<method>.png;
     for several methods one comparison grid, OUT/comparison.png (rows: images; columns:
-    methods). Every method and parameter is checked before the model loads.
+    methods).
+
+    Every method and parameter is checked before the model loads. Overlays are named after
+    the image file; images that share a name are named by their path below the folder they
+    share (d1/x.png, d2/x.png -> d1_x_gradmask.png, d2_x_gradmask.png), and a name still
+    taken gets -2, -3, ... in the order given.
     """
     from . import explain, get_adapter, load_model
     from ._cli_support import Selection, build

@@ -28,9 +28,10 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -689,15 +690,19 @@ def save_overlays(
 ) -> list[Path]:
     """Write one PNG per image: the image, and the heatmap over it, titled with the target.
 
-    Files are named ``<stem of name>_<method>.png`` in ``out_dir`` (created if missing).
+    Files are named ``<stem of name>_<method>.png`` in ``out_dir`` (created if missing). Names
+    never collide: names that share a stem are named by their path below the folder they
+    share, ``/`` written ``_`` (``d1/x.png``, ``d2/x.png`` -> ``d1_x_<method>.png``,
+    ``d2_x_<method>.png``), and a name still taken (the same file twice; ``x.png`` beside
+    ``x.jpg``) gets ``-2``, ``-3``, ... in the order given.
 
     Example:
         >>> import tempfile, torch, xvit
         >>> model = xvit.load_model("xvit:digits-vit")
-        >>> e = xvit.explain("attention", model, torch.randn(1, 3, 64, 64))
-        >>> paths = save_overlays(e, tempfile.mkdtemp(), ["digit.png"])
-        >>> paths[0].name
-        'digit_attention.png'
+        >>> e = xvit.explain("attention", model, torch.randn(3, 3, 64, 64))
+        >>> paths = save_overlays(e, tempfile.mkdtemp(), ["digit.png", "a/x.png", "b/x.png"])
+        >>> [p.name for p in paths]
+        ['digit_attention.png', 'a_x_attention.png', 'b_x_attention.png']
     """
     _check_explanation(explanation)
     if len(names) != len(explanation):
@@ -710,17 +715,44 @@ def save_overlays(
     pictures = _pictures(None, explanation, preprocessing)
     colormap = _colormap(DEFAULT_CMAP)
     paths = []
-    for i, name in enumerate(names):
+    for i, stem in enumerate(_distinct_stems(names)):
         fig = _figure(6.4, 3.4, layout="constrained")
         left, right = fig.subplots(1, 2)
         _show(left, pictures[i].pixels, "input")
         title = f"{explanation.method}: {_label(explanation, i)}, {_probability(explanation, i)}"
         _show(right, _composite(pictures[i], explanation, i, grid, alpha, colormap), title)
         _colorbar(fig, right, colormap, fraction=0.046, pad=0.04)
-        path = out / f"{Path(name).stem}_{explanation.method}.png"
+        path = out / f"{stem}_{explanation.method}.png"
         fig.savefig(path, dpi=120)
         paths.append(path)
     return paths
+
+
+def _distinct_stems(names: Sequence[str]) -> list[str]:
+    """One distinct file stem per name, by the rule :func:`save_overlays` states."""
+    paths = [PurePath(os.path.abspath(name)) for name in names]
+    stems = [p.stem for p in paths]
+    out = list(stems)
+    for stem in dict.fromkeys(stems):
+        group = [i for i, s in enumerate(stems) if s == stem]
+        if len(group) < 2:
+            continue
+        folders = [str(paths[i].parent) for i in group]
+        try:
+            shared = os.path.commonpath(folders)
+        except ValueError:  # on different drives
+            shared = ""
+        for i, folder in zip(group, folders):
+            below = PurePath(os.path.relpath(folder, shared)).parts if shared else ()
+            out[i] = "_".join([*(part for part in below if part != "."), stem])
+    taken: set[str] = set()
+    for i, label in enumerate(out):
+        k = 1
+        while out[i] in taken:
+            k += 1
+            out[i] = f"{label}-{k}"
+        taken.add(out[i])
+    return out
 
 
 # --- public: benchmark plots ---------------------------------------------------------------
