@@ -221,3 +221,28 @@ def test_images_with_one_file_name_get_distinct_overlays(checkpoint: Path, tmp_p
         with Image.open(path) as png:
             brightness[folder] = np.asarray(png.convert("L"), dtype=float).mean()
     assert brightness["d1"] < brightness["d2"]  # each file shows its own (black / white) input
+
+
+def test_comparison_grid_rows_are_labelled_with_file_names(
+    checkpoint: Path, image: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import xvit.viz
+
+    labels = []
+    real = xvit.viz.compare
+
+    def spy(*args, **kwargs):
+        labels.append(kwargs.get("row_labels"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xvit.viz, "compare", spy)
+    (tmp_path / "d").mkdir()
+    other = tmp_path / "d" / image.name
+    other.write_bytes(image.read_bytes())
+    args = ["explain", str(image), str(other), "--model", str(checkpoint), "-m", "random,gae"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert labels == [[str(image), str(other)]]  # one file name twice: the paths as given
+    single = CliRunner().invoke(main, [*args[:2], *args[3:], "--out", str(tmp_path / "o")])
+    assert single.exit_code == 0, single.output
+    assert labels[1] == [image.name]

@@ -231,6 +231,24 @@ def test_compare_grid_titles_and_nothing_clipped_or_overlapping() -> None:
                 assert not title.overlaps(other_axes), "a title covers another image"
 
 
+def test_compare_labels_rows_without_clipping_or_overlap() -> None:
+    _model, x, e = _explained()
+    long = "a-folder-with-a-long-name/and-another-one/cat.png"
+    fig = compare(x, {"attention": e}, row_labels=["dog.png", long])
+    inputs = [a for a in fig.axes if a.images][::2]
+    labels = [a.get_ylabel() for a in inputs]
+    assert labels[0] == "dog.png"
+    assert labels[1].endswith("cat.png") and "…" in labels[1] and len(labels[1]) < len(long)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [a.yaxis.label.get_window_extent(renderer) for a in inputs]
+    for text in texts:
+        assert _inside(text, fig.bbox), "a row label is clipped"
+        assert not any(text.overlaps(b.get_window_extent(renderer)) for b in fig.axes)
+    with pytest.raises(xvit.ParameterError, match="one label per image"):
+        compare(x, {"attention": e}, row_labels=["dog.png"])
+
+
 def test_save_overlays_never_writes_one_file_twice(tmp_path: Path) -> None:
     names = ["d1/x.png", "d2/x.png", "x.jpg", "x.png", "x.png"]
     model = xvit.load_model("xvit:digits-vit")

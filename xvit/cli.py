@@ -111,8 +111,8 @@ def explain_cmd(
     grid: bool,
 ) -> None:
     """Explain IMAGES: one overlay PNG per image for one method, OUT/<image>_<method>.png;
-    for several methods one comparison grid, OUT/comparison.png (rows: images; columns:
-    methods).
+    for several methods one comparison grid, OUT/comparison.png (rows: images, labelled with
+    their file names; columns: methods).
 
     Every method and parameter is checked before the model loads. Overlays are named after
     the image file; images that share a name are named by their path below the folder they
@@ -157,11 +157,23 @@ def explain_cmd(
             click.echo(f"{image}: class {t} ({cls}) p={p:.3f} [{name}] -> {path}")
     if len(explainers) > 1:
         grid_path.parent.mkdir(parents=True, exist_ok=True)
-        fig = compare(None, results, preprocessing=adapter.preprocessing, grid=grid)
+        fig = compare(
+            None,
+            results,
+            preprocessing=adapter.preprocessing,
+            grid=grid,
+            row_labels=_row_labels(images),
+        )
         fig.savefig(grid_path, dpi=120)
         click.echo(
             f"comparison grid ({len(images)} images x {len(explainers)} methods): {grid_path}"
         )
+
+
+def _row_labels(images: tuple[str, ...]) -> list[str]:
+    """Each image's file name; the path as given where two images share a file name."""
+    names = [Path(image).name for image in images]
+    return [name if names.count(name) == 1 else image for name, image in zip(names, images)]
 
 
 def _check_device(device: str) -> str:

@@ -545,6 +545,7 @@ def compare(
     cmap: Any = DEFAULT_CMAP,
     colorbar: bool = True,
     cell_inches: float = 1.6,
+    row_labels: Sequence[str] | None = None,
 ) -> Any:
     """A grid of explanations: one row per image, the input then one column per method.
 
@@ -561,6 +562,8 @@ def compare(
         cmap: A matplotlib colormap or its name.
         colorbar: Add one colorbar for the whole grid.
         cell_inches: Side of one cell in inches.
+        row_labels: One label per image (its file name, say), written left of its row; a
+            label longer than a cell is shortened in the middle.
 
     Returns:
         The matplotlib Figure. The input column's titles give the target and its probability
@@ -577,6 +580,9 @@ def compare(
         ...               preprocessing=xvit.get_adapter(model).preprocessing)
         >>> [ax.get_title() for ax in fig.axes[:3]]
         ['input\\nclass 3, p=...', 'attention', 'gae\\nins 0.81']
+        >>> fig = compare(x, results, row_labels=["a.png", "b.png"])
+        >>> [ax.get_ylabel() for ax in fig.axes[:6:3]]
+        ['a.png', 'b.png']
     """
     if not isinstance(explanations, Mapping) or not explanations:
         raise InvalidInputError(
@@ -595,6 +601,7 @@ def compare(
                 f"explains {n}; compare explanations of the same images"
             )
     scores = _check_aucs(aucs, columns, n)
+    labels = _check_row_labels(row_labels, n)
     preprocessing = _check_preprocessing(preprocessing)
     alpha = _check_alpha(alpha)
     colormap = _colormap(cmap)
@@ -617,6 +624,8 @@ def compare(
             f"{head}{_label(first, i)}, {_probability(first, i)}",
             fontsize=8,
         )
+        if labels:
+            axes[i, 0].set_ylabel(_shortened(labels[i], int(cell_inches * 12)), fontsize=8)
         targets = {int(explanations[c].targets[i]) for c in columns}
         for j, name in enumerate(columns, start=1):
             e = explanations[name]
@@ -635,6 +644,28 @@ def compare(
     if colorbar:
         _colorbar(fig, axes, colormap, shrink=min(0.9, 0.35 + 0.15 * n), aspect=25, pad=0.01)
     return fig
+
+
+def _check_row_labels(row_labels: Sequence[str] | None, n: int) -> list[str]:
+    if row_labels is None:
+        return []
+    if isinstance(row_labels, str) or not isinstance(row_labels, Sequence):
+        raise ParameterError(
+            f"row_labels must be a sequence of strings, one per image, got {row_labels!r}"
+        )
+    if len(row_labels) != n:
+        raise ParameterError(
+            f"got {len(row_labels)} row labels for {n} images; give one label per image"
+        )
+    return [str(label) for label in row_labels]
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text``, or its start and end around an ellipsis when longer than ``limit``."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
 
 
 def _check_aucs(
