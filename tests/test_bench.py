@@ -413,7 +413,9 @@ def test_estimate_is_a_student_t_interval() -> None:
     assert math.isnan(estimate([]).mean) and math.isnan(estimate([1.0]).ci_low)
 
 
-def test_cli(model, tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def bench_args(model, tmp_path: Path, monkeypatch) -> list[str]:
+    """Arguments of xvit bench for the tiny model (as a checkpoint) on 3 fake images."""
     ckpt = tmp_path / "tiny.safetensors"
     kwargs = dict(num_classes=5, embed_dim=32, depth=3, num_heads=2, img_size=32, patch_size=8)
     xvit.save_checkpoint(
@@ -426,20 +428,17 @@ def test_cli(model, tmp_path: Path, monkeypatch) -> None:
     fake = types.ModuleType("xvit.data")
     fake.get_dataset = lambda name, **kw: fake_dataset(kw.get("n", 3))  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "xvit.data", fake)
+    return ["--model", str(ckpt), "--data", "fake:n=3", "--n", "3", "--batch-size", "2"]
+
+
+def test_cli(bench_args: list[str], tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = [
-        "--model",
-        str(ckpt),
-        "--data",
-        "fake:n=3",
+        *bench_args,
         "--methods",
         "random,gradmask",
         "--metrics",
         "pointing_game,deletion",
-        "--n",
-        "3",
-        "--batch-size",
-        "2",
         "--out",
         str(out),
     ]
@@ -451,3 +450,73 @@ def test_cli(model, tmp_path: Path, monkeypatch) -> None:
     result = CliRunner().invoke(bench_command, args)
     assert result.exit_code == 2
     assert "error:" in result.output and "line 1 is not a valid result record" in result.output
+
+
+def test_cli_sets_metric_parameters(bench_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    settings = ["pointing_game.tolerance=1.5", "upsample=bilinear", "masks_per_layer=1"]
+    args = [*bench_args, "--methods", "random,gradmask", "--metrics", "pointing_game,insertion"]
+    args += [a for s in settings for a in ("-p", s)]
+    result = CliRunner().invoke(bench_command, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("run.json", "summary.json"):
+        data = json.loads((out / name).read_text())
+        config = data.get("config", data)
+        assert config["metrics"]["pointing_game"] == {"tolerance": 1.5, "upsample": "bilinear"}
+        assert config["metrics"]["insertion"]["upsample"] == "bilinear"  # a bare KEY: both
+        assert config["methods"]["gradmask"]["masks_per_layer"] == 1
+        assert config["methods"]["random"] == {"seed": 0}
+    assert "pointing_game: a hit within 1.5 px" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--metrics", "pointing_game,insertoin"], "Did you mean 'insertion'?"),
+        (["-p", "pointing_game.tolerence=2"], "Did you mean 'tolerance'?"),
+        (["-p", "pointing_game.tolerance=-2"], "tolerance must be a positive number"),
+        (["--metrics", "pointing_game", "-p", "insertion.step=64"], "--metrics pointing_game,"),
+        (["--methods", "random", "-p", "masks_per_layer=2"], "has a parameter"),
+        (["-p", "pointing_gam.tolerance=2"], "Did you mean 'pointing_game'"),
+    ],
+)
+def test_cli_checks_names_and_parameters_before_the_model_loads(
+    bench_args: list[str], args: list[str], says: str, monkeypatch
+) -> None:
+    import xvit.bench.runner
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(xvit.bench.runner, "load_model", no_load)
+    result = CliRunner().invoke(bench_command, [*bench_args, *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error:") and says in result.output, result.output
+
+
+def test_bench_and_demo_play_the_pointing_game_with_one_tolerance() -> None:
+    from xvit.bench.runner import resolve_metrics
+    from xvit.demo import demo_metrics
+
+    size = (64, 64)  # the shipped digits
+    (bench,) = resolve_metrics("pointing_game")
+    (demo,) = [m for m in demo_metrics(size) if m.name == "pointing_game"]
+    maps = torch.zeros(2, *size)
+    maps[:, 10, 10] = 1.0
+    boxes = [[(14, 10, 15, 11)], [(15, 10, 16, 11)]]  # 4 px and 5 px from the maximum
+    x = torch.zeros(2, 3, *size)
+    scores = [m(None, x, [0, 0], maps, boxes).scores.tolist() for m in (bench, demo)]
+    assert scores == [[1.0, 0.0], [1.0, 0.0]]  # 15 px x 64 / 224 = 4.3 px in both
+    assert bench.footnote(size) == demo.footnote(size)
+
+
+def test_table_footer_states_the_pointing_game_tolerance(model) -> None:
+    data = fake_dataset(2)
+    res = run_benchmark(model, data, methods="random", metrics="pointing_game", n=2, progress=False)
+    footer = res.table.splitlines()[-1]
+    assert footer.startswith("pointing_game: a hit within 2.1 px")  # 15 x 32 / 224
+    assert "15 px per 224 px of the input's shorter side" in footer
+    assert res.config["notes"] == [footer]
+    sharp = xvit.metrics.PointingGame(tolerance=1)
+    res = run_benchmark(model, data, methods="random", metrics=[sharp], n=2, progress=False)
+    assert "within 1.0 px" in res.table and "set by the tolerance parameter" in res.table

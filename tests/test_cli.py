@@ -117,39 +117,132 @@ def test_crash_inside_method_is_short_unless_debug(image: Path, checkpoint: Path
     assert result.exit_code == 1 and "Traceback" in result.stderr
 
 
-def test_method_specific_params(checkpoint: Path, image: Path, tmp_path: Path, monkeypatch) -> None:
-    seen: dict[str, dict] = {}
-    real = xvit.api.explain
+@pytest.fixture
+def spies(monkeypatch) -> dict[str, list]:
+    """Record model loads and explain calls (method name and parameters) of the CLI."""
+    seen: dict[str, list] = {"loads": [], "explained": []}
+    load, explain = xvit.load_model, xvit.explain
 
-    def spy(method, model, inputs, target=None, **params):
-        seen[method] = params
-        return real(method, model, inputs, target=target, **params)
+    def load_spy(*args, **kwargs):
+        seen["loads"].append(args)
+        return load(*args, **kwargs)
 
-    monkeypatch.setattr(xvit, "explain", spy)
+    def explain_spy(method, model, inputs, target=None, **params):
+        built = xvit.make_explainer(method, **params)
+        seen["explained"].append((built.name, built.params()))
+        return explain(built, model, inputs, target=target)
+
+    monkeypatch.setattr(xvit, "load_model", load_spy)
+    monkeypatch.setattr(xvit, "explain", explain_spy)
+    return seen
+
+
+def run_explain(image: Path, checkpoint: Path, out: Path, *args: str):
+    return CliRunner().invoke(
+        main, ["explain", str(image), "--model", str(checkpoint), "--out", str(out), *args]
+    )
+
+
+def test_method_specific_params(checkpoint: Path, image: Path, tmp_path: Path, spies) -> None:
+    args = ["--methods", "gradmask,rise", "-p", "rise.num_masks=8", "-p", "batch_size=16"]
+    result = run_explain(image, checkpoint, tmp_path / "o", *args, "-p", "masks_per_layer=2")
+    assert result.exit_code == 0, result.output
+    params = dict(spies["explained"])
+    assert params["rise"]["num_masks"] == 8 and params["rise"]["batch_size"] == 16
+    assert params["gradmask"]["masks_per_layer"] == 2 and params["gradmask"]["batch_size"] == 16
+    assert (tmp_path / "o" / "comparison.png").exists()
+
+
+def test_a_setting_for_its_method_overrides_a_bare_one_in_any_order() -> None:
+    from xvit._cli_support import Selection, build
+
+    items = ["rise.num_masks=8", "num_masks=50", "seed=3", "seed=4"]
+    (built,) = build([Selection(xvit.methods, "rise,vitcx,random", "--methods")], items)
+    assert [(e.name, getattr(e, "num_masks", None), e.seed) for e in built] == [
+        ("rise", 8, 4),
+        ("vitcx", None, 4),
+        ("random", None, 4),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["-m", "gradmask,foo"], "unknown method 'foo'"),
+        (["-m", "gradmask,rolout"], "Did you mean 'rollout'?"),
+        (["-m", "gradmask,rise", "-p", "rise.num_masks=0"], "num_masks must be"),
+        (["-m", "gradmask,rise", "-p", "rise.num_mask=8"], "Did you mean 'num_masks'?"),
+        (["-m", "gradmask,rollout", "-p", "tolerance=3"], "has a parameter 'tolerance'"),
+        (["-m", "gradmask", "-p", "rise.num_masks=8"], "add it: --methods gradmask,rise"),
+        (["-m", "gradmask", "-p", "gradmsk.fill=0.5"], "Did you mean 'gradmask'"),
+        (["-m", "gradmask", "-p", "pointing_game.tolerance=3"], "is a metric"),
+        (["-m", "gradmask", "-p", "fill"], "is not KEY=VALUE"),
+    ],
+)
+def test_names_and_parameters_are_checked_before_the_model_loads(
+    args, says, checkpoint: Path, image: Path, tmp_path: Path, spies
+) -> None:
+    result = run_explain(image, checkpoint, tmp_path / "o", *args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], result.stderr
+    assert spies["loads"] == [] and spies["explained"] == []
+    assert result.stdout == ""
+
+
+def test_a_bare_parameter_goes_to_the_methods_that_have_it(
+    checkpoint: Path, image: Path, tmp_path: Path, spies
+) -> None:
+    args = ["-m", "gradmask,rollout,rise", "-p", "num_masks=8", "-p", "masks_per_layer=1"]
+    result = run_explain(image, checkpoint, tmp_path / "o", *args)
+    assert result.exit_code == 0, result.output
+    params = dict(spies["explained"])
+    assert params["rise"]["num_masks"] == 8 and params["gradmask"]["masks_per_layer"] == 1
+    assert params["rollout"] == xvit.get_method("rollout").defaults()
+
+
+def test_images_with_one_file_name_get_distinct_overlays(checkpoint: Path, tmp_path: Path) -> None:
+    for folder, shade in (("d1", 0), ("d2", 255)):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (40, 40), (shade,) * 3).save(tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    images = [str(tmp_path / "d1" / "x.png"), str(tmp_path / "d2" / "x.png")]
     result = CliRunner().invoke(
-        main,
-        [
-            "explain",
-            str(image),
-            "--model",
-            str(checkpoint),
-            "--out",
-            str(tmp_path / "o"),
-            "--methods",
-            "gradmask,rise",
-            "-p",
-            "rise.num_masks=8",
-            "-p",
-            "batch_size=16",
-            "-p",
-            "gradmask.masks_per_layer=2",
-        ],
+        main, ["explain", *images, "--model", str(checkpoint), "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert seen["rise"] == {"num_masks": 8, "batch_size": 16}
-    assert seen["gradmask"] == {"masks_per_layer": 2, "batch_size": 16}
-    assert (tmp_path / "o" / "comparison.png").exists()
-    bad = CliRunner().invoke(
-        main, ["explain", str(image), "--model", str(checkpoint), "-p", "vitcx.noise_std=0.2"]
-    )
-    assert bad.exit_code == 2 and "vitcx" in bad.stderr
+    written = {"d1": out / "d1_x_gradmask.png", "d2": out / "d2_x_gradmask.png"}
+    assert sorted(out.iterdir()) == sorted(written.values())
+    for image, line in zip(images, result.stdout.splitlines()):
+        folder = Path(image).parent.name
+        assert line.startswith(f"{image}:") and line.endswith(f"-> {written[folder]}")
+    brightness = {}
+    for folder, path in written.items():
+        with Image.open(path) as png:
+            brightness[folder] = np.asarray(png.convert("L"), dtype=float).mean()
+    assert brightness["d1"] < brightness["d2"]  # each file shows its own (black / white) input
+
+
+def test_comparison_grid_rows_are_labelled_with_file_names(
+    checkpoint: Path, image: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import xvit.viz
+
+    labels = []
+    real = xvit.viz.compare
+
+    def spy(*args, **kwargs):
+        labels.append(kwargs.get("row_labels"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xvit.viz, "compare", spy)
+    (tmp_path / "d").mkdir()
+    other = tmp_path / "d" / image.name
+    other.write_bytes(image.read_bytes())
+    args = ["explain", str(image), str(other), "--model", str(checkpoint), "-m", "random,gae"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert labels == [[str(image), str(other)]]  # one file name twice: the paths as given
+    single = CliRunner().invoke(main, [*args[:2], *args[3:], "--out", str(tmp_path / "o")])
+    assert single.exit_code == 0, single.output
+    assert labels[1] == [image.name]

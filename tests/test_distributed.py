@@ -27,7 +27,6 @@ from xvit import ParameterError
 from xvit.bench import run_benchmark
 from xvit.bench._distributed import shard, wants_distributed
 from xvit.bench._store import load_results, result_files
-from xvit.bench.cli import with_params
 
 N = 8
 METHODS = ["gradmask", "attention", "random"]  # random: a randomised method (per-image seeds)
@@ -374,16 +373,3 @@ def test_no_resume_moves_every_rank_file_aside(tmp_path: Path) -> None:
     assert fresh.images == 2
     assert len(list(tmp_path.glob("results.rank3-*.jsonl"))) == 1
     assert [p.name for p in result_files(tmp_path)] == ["results.jsonl"]
-
-
-def test_method_params_on_the_command_line() -> None:
-    built = with_params("gradmask,attention", ("gradmask.masks_per_layer=2", "gradmask.fill=0.5"))
-    assert built[1] == "attention"
-    assert built[0].masks_per_layer == 2 and built[0].fill == 0.5
-    assert with_params("gradmask", ()) == "gradmask"
-    with pytest.raises(ParameterError, match=r"METHOD\.KEY=VALUE"):
-        with_params("gradmask", ("masks_per_layer=2",))
-    with pytest.raises(ParameterError, match="not among the methods"):
-        with_params("attention", ("gradmask.masks_per_layer=2",))
-    with pytest.raises(ParameterError, match="unknown parameter"):
-        with_params("gradmask", ("gradmask.masks=2",))

@@ -384,6 +384,26 @@ def test_pointing_game_tolerance_is_strict_euclidean() -> None:
     assert pointing_game(m, diag, tolerance=12.7).item() == 0.0
 
 
+@pytest.mark.parametrize("size", [(64, 64), (64, 96), (120, 48), (224, 224)])
+def test_pointing_game_default_tolerance_is_15_px_per_224_px_of_the_shorter_side(size) -> None:
+    h, w = size
+    tolerance = 15 * min(h, w) / 224
+    m = torch.zeros(2, h, w)
+    m[:, 10, 10] = 1.0  # maximum at x = 10, y = 10
+    # one box pixel the largest whole distance inside the tolerance away, one the next one out
+    inside, outside = 10 + math.ceil(tolerance) - 1, 10 + math.ceil(tolerance)
+    boxes = [[(inside, 10, inside + 1, 11)], [(outside, 10, outside + 1, 11)]]
+    assert pointing_game(m, boxes).tolist() == [1.0, 0.0]
+    x = torch.zeros(2, 3, h, w)
+    default = PointingGame()
+    assert default(None, x, [0, 0], m, boxes).scores.tolist() == [1.0, 0.0]
+    assert default.tolerance_at(size) == pytest.approx(tolerance)
+    assert f"{tolerance:.1f} px" in default.footnote(size) and "224" in default.footnote(size)
+    # an explicit tolerance is pixels, whatever the input size
+    assert PointingGame(tolerance=40)(None, x, [0, 0], m, boxes).scores.tolist() == [1.0, 1.0]
+    assert "set by the tolerance parameter" in PointingGame(tolerance=40).footnote(size)
+
+
 def test_pointing_game_nan_without_boxes_and_accuracy_over_defined() -> None:
     m = torch.zeros(3, 32, 32)
     m[:, 5, 5] = 1.0

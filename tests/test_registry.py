@@ -43,6 +43,43 @@ def test_double_registration_warns() -> None:
 def test_unknown_parameter_names_the_accepted_ones() -> None:
     with pytest.raises(xvit.ParameterError, match="masks_per_layer"):
         xvit.make_explainer("gradmask", mask_per_layer=4)
+    with pytest.raises(xvit.ParameterError, match="Did you mean 'num_masks'"):
+        xvit.make_explainer("rise", masks=4)
+
+
+def _registries() -> dict[str, Registry]:
+    from xvit.data import datasets
+    from xvit.metrics import metrics
+    from xvit.models import adapters
+
+    registries = [xvit.methods, metrics, adapters, xvit.model_aliases, datasets]
+    return {r.kind: r for r in registries}
+
+
+@pytest.mark.parametrize(
+    ("kind", "typo", "meant"),
+    [
+        ("method", "gradmsk", "gradmask"),
+        ("method", "Rollout", "rollout"),
+        ("metric", "insertoin", "insertion"),
+        ("model adapter", "tim", "timm"),
+        ("model alias", "xvit:digit-vit", "xvit:digits-vit"),
+        ("dataset", "digts", "digits"),
+    ],
+)
+def test_every_registry_suggests_the_name_meant(kind: str, typo: str, meant: str) -> None:
+    registry = _registries()[kind]
+    with pytest.raises(xvit.UnknownNameError) as info:
+        registry.get(typo)
+    message = str(info.value)
+    assert f"Did you mean {meant!r}" in message
+    assert message.endswith(f"Known {kind}s: {', '.join(registry.names())}")
+
+
+def test_no_suggestion_for_a_name_like_none() -> None:
+    with pytest.raises(xvit.UnknownNameError) as info:
+        xvit.get_method("qqq")
+    assert "Did you mean" not in str(info.value)
 
 
 def _write_plugin(root: Path, dist: str, module: str, source: str, entry: str) -> None:

@@ -25,7 +25,14 @@ from xvit.bench._report import summarize
 from xvit.bench.runner import run_benchmark
 from xvit.cli import main
 from xvit.models import Preprocessing
-from xvit.viz import compare, overlay, overlay_array, plot_curves, plot_times
+from xvit.viz import (
+    compare,
+    overlay,
+    overlay_array,
+    plot_curves,
+    plot_times,
+    save_overlays,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -222,6 +229,39 @@ def test_compare_grid_titles_and_nothing_clipped_or_overlapping() -> None:
             if i != j:
                 assert not title.overlaps(other_title), "two titles overlap"
                 assert not title.overlaps(other_axes), "a title covers another image"
+
+
+def test_compare_labels_rows_without_clipping_or_overlap() -> None:
+    _model, x, e = _explained()
+    long = "a-folder-with-a-long-name/and-another-one/cat.png"
+    fig = compare(x, {"attention": e}, row_labels=["dog.png", long])
+    inputs = [a for a in fig.axes if a.images][::2]
+    labels = [a.get_ylabel() for a in inputs]
+    assert labels[0] == "dog.png"
+    assert labels[1].endswith("cat.png") and "…" in labels[1] and len(labels[1]) < len(long)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [a.yaxis.label.get_window_extent(renderer) for a in inputs]
+    for text in texts:
+        assert _inside(text, fig.bbox), "a row label is clipped"
+        assert not any(text.overlaps(b.get_window_extent(renderer)) for b in fig.axes)
+    with pytest.raises(xvit.ParameterError, match="one label per image"):
+        compare(x, {"attention": e}, row_labels=["dog.png"])
+
+
+def test_save_overlays_never_writes_one_file_twice(tmp_path: Path) -> None:
+    names = ["d1/x.png", "d2/x.png", "x.jpg", "x.png", "x.png"]
+    model = xvit.load_model("xvit:digits-vit")
+    e = xvit.explain("random", model, torch.randn(len(names), 3, 64, 64))
+    paths = save_overlays(e, tmp_path, names)
+    assert [p.name for p in paths] == [
+        "d1_x_random.png",
+        "d2_x_random.png",
+        "x_random.png",
+        "x-2_random.png",
+        "x-3_random.png",
+    ]
+    assert sorted(tmp_path.iterdir()) == sorted(paths)
 
 
 def test_compare_names_targets_when_columns_explain_different_classes() -> None:

@@ -6,6 +6,7 @@ import inspect
 from typing import Any, ClassVar, TypeVar
 
 from ._errors import ParameterError
+from ._suggest import did_you_mean
 
 C = TypeVar("C", bound="Configurable")
 
@@ -48,11 +49,13 @@ class Configurable:
     @classmethod
     def create(cls: type[C], **params: Any) -> C:
         """Instantiate with ``params``; unknown names raise an error listing the valid ones."""
-        unknown = sorted(set(params) - set(cls.param_names()))
+        accepted = cls.param_names()
+        unknown = sorted(set(params) - set(accepted))
         if unknown:
+            hint = did_you_mean(unknown[0], accepted) if len(unknown) == 1 else ""
             raise ParameterError(
-                f"{cls.name} got unknown parameter(s) {', '.join(unknown)}; it accepts: "
-                f"{', '.join(cls.param_names()) or '(none)'}"
+                f"{cls.name} got unknown parameter(s) {', '.join(unknown)}.{hint} It accepts: "
+                f"{', '.join(accepted) or '(none)'}"
             )
         return cls(**params)
 

@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Generic, TypeVar
 
 from ._errors import UnknownNameError
+from ._suggest import did_you_mean
 
 T = TypeVar("T")
 
@@ -102,9 +103,9 @@ class Registry(Generic[T]):
             self._plugins_loaded = self.group is None
 
     def _unknown(self, name: str) -> UnknownNameError:
-        known = ", ".join(self.names()) or "(none)"
-        close = [n for n in self._entries if n.lower() == name.lower() or name in n]
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        names = self.names()
+        hint = did_you_mean(name, names)
+        known = ", ".join(names) or "(none)"
         return UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}")
 
     def _load_plugins(self) -> None:

@@ -12,18 +12,7 @@ from typing import Any
 
 import click
 
-from ._cli_support import DEFAULT_MODEL, handle_errors, parse_value
-
-
-def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are Python literals when they parse, else strings."""
-    params: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
-        key, raw = item.split("=", 1)
-        params[key.strip().replace("-", "_")] = parse_value(raw)
-    return params
+from ._cli_support import DEFAULT_MODEL, handle_errors, param_help
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,9 +94,9 @@ def _optional_registries() -> list[tuple[str, Any]]:
     "-p",
     "params",
     multiple=True,
-    metavar="KEY=VALUE",
-    help="Method parameter, e.g. -p masks_per_layer=8; with several methods, "
-    "-p rise.num_masks=500 sets it for one method only (repeatable).",
+    metavar="[METHOD.]KEY=VALUE",
+    help="A method parameter, e.g. -p rise.num_masks=500 or -p batch_size=16. "
+    + param_help("method", "METHOD"),
 )
 @click.option("--grid", is_flag=True, help="Show the native patch grid instead of smoothing.")
 @handle_errors
@@ -121,33 +110,38 @@ def explain_cmd(
     params: tuple[str, ...],
     grid: bool,
 ) -> None:
-    """Explain IMAGES: one overlay PNG per image for one method; for several methods one
-    comparison grid, OUT/comparison.png (rows: images, columns: methods)."""
-    from . import explain, get_adapter, list_methods, load_model
+    """Explain IMAGES: one overlay PNG per image for one method, OUT/<image>_<method>.png;
+    for several methods one comparison grid, OUT/comparison.png (rows: images, labelled with
+    their file names; columns: methods).
+
+    Every method and parameter is checked before the model loads. Overlays are named after
+    the image file; images that share a name are named by their path below the folder they
+    share (d1/x.png, d2/x.png -> d1_x_gradmask.png, d2_x_gradmask.png), and a name still
+    taken gets -2, -3, ... in the order given.
+    """
+    from . import explain, get_adapter, load_model
+    from ._cli_support import Selection, build
     from ._errors import InvalidInputError
+    from .methods import methods
+    from .metrics import metrics
     from .viz import compare, save_overlays
 
     for image in images:
         if not Path(image).exists():
             raise InvalidInputError(f"image file not found: {image}; check the path")
-    names = list_methods() if method == "all" else [m.strip() for m in method.split(",") if m]
-    kwargs = parse_params(params)
+    no_metrics = "xvit explain computes no metrics; set metric parameters in xvit bench"
+    (explainers,) = build(
+        [Selection(methods, method, "--methods")], params, [(metrics, no_metrics)]
+    )
     net = load_model(model, device=_check_device(device))
     adapter = get_adapter(net)
     grid_path = Path(out_dir) / "comparison.png"
     results = {}
-    unknown = sorted({k.split(".", 1)[0] for k in kwargs if "." in k} - set(names))
-    if unknown:
-        raise InvalidInputError(
-            f"-p names method(s) {', '.join(unknown)} that are not being run; run them with "
-            f"--methods, or drop the METHOD. prefix"
-        )
-    for name in names:
-        own = {k: v for k, v in kwargs.items() if "." not in k}
-        own.update({k.split(".", 1)[1]: v for k, v in kwargs.items() if k.startswith(f"{name}.")})
-        result = explain(name, net, list(images), target=target, **own)
+    for explainer in explainers:
+        name = explainer.name
+        result = explain(explainer, net, list(images), target=target)
         results[name] = result
-        if len(names) == 1:
+        if len(explainers) == 1:
             paths = save_overlays(
                 result, out_dir, list(images), preprocessing=adapter.preprocessing, grid=grid
             )
@@ -161,11 +155,25 @@ def explain_cmd(
             paths,
         ):
             click.echo(f"{image}: class {t} ({cls}) p={p:.3f} [{name}] -> {path}")
-    if len(names) > 1:
+    if len(explainers) > 1:
         grid_path.parent.mkdir(parents=True, exist_ok=True)
-        fig = compare(None, results, preprocessing=adapter.preprocessing, grid=grid)
+        fig = compare(
+            None,
+            results,
+            preprocessing=adapter.preprocessing,
+            grid=grid,
+            row_labels=_row_labels(images),
+        )
         fig.savefig(grid_path, dpi=120)
-        click.echo(f"comparison grid ({len(images)} images x {len(names)} methods): {grid_path}")
+        click.echo(
+            f"comparison grid ({len(images)} images x {len(explainers)} methods): {grid_path}"
+        )
+
+
+def _row_labels(images: tuple[str, ...]) -> list[str]:
+    """Each image's file name; the path as given where two images share a file name."""
+    names = [Path(image).name for image in images]
+    return [name if names.count(name) == 1 else image for name, image in zip(names, images)]
 
 
 def _check_device(device: str) -> str:

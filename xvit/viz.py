@@ -28,9 +28,10 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -544,6 +545,7 @@ def compare(
     cmap: Any = DEFAULT_CMAP,
     colorbar: bool = True,
     cell_inches: float = 1.6,
+    row_labels: Sequence[str] | None = None,
 ) -> Any:
     """A grid of explanations: one row per image, the input then one column per method.
 
@@ -560,6 +562,8 @@ def compare(
         cmap: A matplotlib colormap or its name.
         colorbar: Add one colorbar for the whole grid.
         cell_inches: Side of one cell in inches.
+        row_labels: One label per image (its file name, say), written left of its row; a
+            label longer than a cell is shortened in the middle.
 
     Returns:
         The matplotlib Figure. The input column's titles give the target and its probability
@@ -576,6 +580,9 @@ def compare(
         ...               preprocessing=xvit.get_adapter(model).preprocessing)
         >>> [ax.get_title() for ax in fig.axes[:3]]
         ['input\\nclass 3, p=...', 'attention', 'gae\\nins 0.81']
+        >>> fig = compare(x, results, row_labels=["a.png", "b.png"])
+        >>> [ax.get_ylabel() for ax in fig.axes[:6:3]]
+        ['a.png', 'b.png']
     """
     if not isinstance(explanations, Mapping) or not explanations:
         raise InvalidInputError(
@@ -594,6 +601,7 @@ def compare(
                 f"explains {n}; compare explanations of the same images"
             )
     scores = _check_aucs(aucs, columns, n)
+    labels = _check_row_labels(row_labels, n)
     preprocessing = _check_preprocessing(preprocessing)
     alpha = _check_alpha(alpha)
     colormap = _colormap(cmap)
@@ -616,6 +624,8 @@ def compare(
             f"{head}{_label(first, i)}, {_probability(first, i)}",
             fontsize=8,
         )
+        if labels:
+            axes[i, 0].set_ylabel(_shortened(labels[i], int(cell_inches * 12)), fontsize=8)
         targets = {int(explanations[c].targets[i]) for c in columns}
         for j, name in enumerate(columns, start=1):
             e = explanations[name]
@@ -634,6 +644,28 @@ def compare(
     if colorbar:
         _colorbar(fig, axes, colormap, shrink=min(0.9, 0.35 + 0.15 * n), aspect=25, pad=0.01)
     return fig
+
+
+def _check_row_labels(row_labels: Sequence[str] | None, n: int) -> list[str]:
+    if row_labels is None:
+        return []
+    if isinstance(row_labels, str) or not isinstance(row_labels, Sequence):
+        raise ParameterError(
+            f"row_labels must be a sequence of strings, one per image, got {row_labels!r}"
+        )
+    if len(row_labels) != n:
+        raise ParameterError(
+            f"got {len(row_labels)} row labels for {n} images; give one label per image"
+        )
+    return [str(label) for label in row_labels]
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text``, or its start and end around an ellipsis when longer than ``limit``."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
 
 
 def _check_aucs(
@@ -689,15 +721,19 @@ def save_overlays(
 ) -> list[Path]:
     """Write one PNG per image: the image, and the heatmap over it, titled with the target.
 
-    Files are named ``<stem of name>_<method>.png`` in ``out_dir`` (created if missing).
+    Files are named ``<stem of name>_<method>.png`` in ``out_dir`` (created if missing). Names
+    never collide: names that share a stem are named by their path below the folder they
+    share, ``/`` written ``_`` (``d1/x.png``, ``d2/x.png`` -> ``d1_x_<method>.png``,
+    ``d2_x_<method>.png``), and a name still taken (the same file twice; ``x.png`` beside
+    ``x.jpg``) gets ``-2``, ``-3``, ... in the order given.
 
     Example:
         >>> import tempfile, torch, xvit
         >>> model = xvit.load_model("xvit:digits-vit")
-        >>> e = xvit.explain("attention", model, torch.randn(1, 3, 64, 64))
-        >>> paths = save_overlays(e, tempfile.mkdtemp(), ["digit.png"])
-        >>> paths[0].name
-        'digit_attention.png'
+        >>> e = xvit.explain("attention", model, torch.randn(3, 3, 64, 64))
+        >>> paths = save_overlays(e, tempfile.mkdtemp(), ["digit.png", "a/x.png", "b/x.png"])
+        >>> [p.name for p in paths]
+        ['digit_attention.png', 'a_x_attention.png', 'b_x_attention.png']
     """
     _check_explanation(explanation)
     if len(names) != len(explanation):
@@ -710,17 +746,44 @@ def save_overlays(
     pictures = _pictures(None, explanation, preprocessing)
     colormap = _colormap(DEFAULT_CMAP)
     paths = []
-    for i, name in enumerate(names):
+    for i, stem in enumerate(_distinct_stems(names)):
         fig = _figure(6.4, 3.4, layout="constrained")
         left, right = fig.subplots(1, 2)
         _show(left, pictures[i].pixels, "input")
         title = f"{explanation.method}: {_label(explanation, i)}, {_probability(explanation, i)}"
         _show(right, _composite(pictures[i], explanation, i, grid, alpha, colormap), title)
         _colorbar(fig, right, colormap, fraction=0.046, pad=0.04)
-        path = out / f"{Path(name).stem}_{explanation.method}.png"
+        path = out / f"{stem}_{explanation.method}.png"
         fig.savefig(path, dpi=120)
         paths.append(path)
     return paths
+
+
+def _distinct_stems(names: Sequence[str]) -> list[str]:
+    """One distinct file stem per name, by the rule :func:`save_overlays` states."""
+    paths = [PurePath(os.path.abspath(name)) for name in names]
+    stems = [p.stem for p in paths]
+    out = list(stems)
+    for stem in dict.fromkeys(stems):
+        group = [i for i, s in enumerate(stems) if s == stem]
+        if len(group) < 2:
+            continue
+        folders = [str(paths[i].parent) for i in group]
+        try:
+            shared = os.path.commonpath(folders)
+        except ValueError:  # on different drives
+            shared = ""
+        for i, folder in zip(group, folders):
+            below = PurePath(os.path.relpath(folder, shared)).parts if shared else ()
+            out[i] = "_".join([*(part for part in below if part != "."), stem])
+    taken: set[str] = set()
+    for i, label in enumerate(out):
+        k = 1
+        while out[i] in taken:
+            k += 1
+            out[i] = f"{label}-{k}"
+        taken.add(out[i])
+    return out
 
 
 # --- public: benchmark plots ---------------------------------------------------------------

@@ -148,8 +148,21 @@ def markdown_table(
     summaries: Sequence[MethodSummary],
     metrics: Sequence[str],
     higher_is_better: Mapping[str, bool],
+    notes: Sequence[str] = (),
 ) -> str:
-    """Method x metric table: mean ± 95% CI half-width, then time and explanations/s."""
+    """Method x metric table: mean ± 95% CI half-width, then time and explanations/s; under
+    it what the numbers are, then ``notes`` (the metrics' settings), one per line.
+
+    Example:
+        >>> s = MethodSummary("m", images=1, time_s=0.5, metrics={"pg": estimate([1.0])})
+        >>> print(markdown_table([s], ["pg"], {"pg": True}, notes=["pg: 4.3 px."]))
+        | method | n | pg ↑ | time (s) | expl/s |
+        |---|---|---|---|---|
+        | m | 1 | 1.000 | 0.50 | 2.00 |
+        <BLANKLINE>
+        Mean ± half-width of the 95% Student-t ... (metrics excluded).
+        pg: 4.3 px.
+    """
     arrows = {m: "↑" if higher_is_better.get(m, True) else "↓" for m in metrics}
     head = ["method", "n", *[f"{m} {arrows[m]}" for m in metrics], "time (s)", "expl/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
@@ -160,6 +173,7 @@ def markdown_table(
     lines.append("")
     lines.append("Mean ± half-width of the 95% Student-t confidence interval over images; ")
     lines[-1] += "time is explanation wall time only (metrics excluded)."
+    lines += [note for note in notes if note]
     return "\n".join(lines)
 
 

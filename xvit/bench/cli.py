@@ -7,12 +7,9 @@ The same command runs distributed under ``torchrun`` (see ``docs/distributed.md`
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from .._cli_support import DEFAULT_MODEL, handle_errors, parse_value
-from .._errors import ParameterError
+from .._cli_support import DEFAULT_MODEL, Selection, build, handle_errors, param_help
 
 DEFAULT_DATA = "digits"
 
@@ -90,8 +87,9 @@ DEFAULT_DATA = "digits"
     "-p",
     "params",
     multiple=True,
-    metavar="METHOD.KEY=VALUE",
-    help="A method parameter, e.g. -p gradmask.masks_per_layer=1 (repeatable).",
+    metavar="[NAME.]KEY=VALUE",
+    help="A method or metric parameter, e.g. -p gradmask.masks_per_layer=1 or "
+    "-p pointing_game.tolerance=2. " + param_help("method or metric", "NAME"),
 )
 @click.option(
     "--timeout",
@@ -121,15 +119,25 @@ def bench_command(
 
     Per-image results are written to OUT/results.jsonl as they are computed; running the
     same command again resumes where an interrupted run stopped. Under torchrun every rank
-    takes its share of the images and rank 0 writes the table.
+    takes its share of the images and rank 0 writes the table. Every method, metric and
+    parameter is checked before the model loads.
     """
+    from ..methods import methods as method_registry
+    from ..metrics import metrics as metric_registry
     from .runner import run_benchmark
 
+    explainers, metric_list = build(
+        [
+            Selection(method_registry, methods, "--methods"),
+            Selection(metric_registry, metrics, "--metrics"),
+        ],
+        params,
+    )
     results = run_benchmark(
         model,
         data,
-        methods=with_params(methods, params),
-        metrics=metrics,
+        methods=explainers,
+        metrics=metric_list,
         n=n,
         batch_size=batch_size,
         device=device,
@@ -142,37 +150,3 @@ def bench_command(
     )
     for name, path in results.files.items():
         click.echo(f"{name}: {path}", err=True)
-
-
-def with_params(methods: str, params: tuple[str, ...]) -> Any:
-    """``methods`` as given, or, with ``METHOD.KEY=VALUE`` params, a list in which the
-    named methods are built with their parameters (values are Python literals when they
-    parse, else strings).
-
-    Example:
-        >>> [getattr(m, "masks_per_layer", m) for m in
-        ...  with_params("gradmask,attention", ("gradmask.masks_per_layer=1",))]
-        [1, 'attention']
-    """
-    if not params:
-        return methods
-    from ..methods._registration import get_method, list_methods
-
-    names = list_methods() if methods == "all" else [m.strip() for m in methods.split(",")]
-    names = [m for m in names if m]
-    by_method: dict[str, dict[str, Any]] = {}
-    for item in params:
-        key, eq, raw = item.partition("=")
-        method, dot, name = key.strip().partition(".")
-        if not eq or not dot or not method or not name:
-            raise ParameterError(
-                f"--param {item!r} is not METHOD.KEY=VALUE; write e.g. "
-                f"-p gradmask.masks_per_layer=1"
-            )
-        if method not in names:
-            raise ParameterError(
-                f"--param {item!r} is for method {method!r}, which is not among the methods "
-                f"of this run ({', '.join(names)}); add it to --methods"
-            )
-        by_method.setdefault(method, {})[name.replace("-", "_")] = parse_value(raw)
-    return [get_method(m).create(**by_method[m]) if m in by_method else m for m in names]

@@ -430,6 +430,7 @@ class _Run:
         self.done: dict[tuple[str, str], dict[str, Any]] = {}
         self.store: ResultStore | None = None
         self.fractions: dict[str, list[float]] = {}
+        self.notes: list[str] = []
         self.last_error: Exception | None = None
 
     def execute(
@@ -506,6 +507,7 @@ class _Run:
             for m in self.metric_list
             if hasattr(m, "counts")
         }
+        self.notes = [note for m in self.metric_list if (note := m.footnote((h, w)))]
         return _jsonable(  # type: ignore[no-any-return]
             {
                 "model": model_desc,
@@ -514,6 +516,7 @@ class _Run:
                 "seed": self.seed,
                 "methods": {e.name: e.params() for e in self.explainers},
                 "metrics": {m.name: m.params() for m in self.metric_list},
+                "notes": self.notes,
             }
         )
 
@@ -623,7 +626,7 @@ class _Run:
         ]
         summaries = summarize(selected, self.method_names, self.metric_names)
         higher = {m.name: m.higher_is_better for m in self.metric_list}
-        table = markdown_table(summaries, self.metric_names, higher)
+        table = markdown_table(summaries, self.metric_names, higher, self.notes)
         print(table)
         results = BenchmarkResults(config, selected, summaries, table, self.fractions)
         if out is not None:

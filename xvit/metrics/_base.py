@@ -109,6 +109,11 @@ class Metric(Configurable, ABC):
     ) -> MetricResult:
         """Score a batch (see the class docstring)."""
 
+    def footnote(self, input_size: tuple[int, int]) -> str:
+        """A line for the foot of a results table (``""`` for none): a setting the scores
+        depend on, as it applies to inputs of ``input_size`` (H, W)."""
+        return ""
+
     @staticmethod
     def aggregate(scores: torch.Tensor) -> float:
         """One number for many per-image scores: the mean over the defined ones."""

@@ -22,6 +22,41 @@ from ._base import (
 from ._boxes import box_masks, require_boxes
 from ._registration import register_metric
 
+#: The Pointing Game's tolerance as its authors set it: 15 px on ImageNet inputs whose shorter
+#: side is 224 px. By default xvit keeps that proportion on inputs of any size.
+REFERENCE_TOLERANCE = 15.0
+REFERENCE_SIDE = 224
+TOLERANCE_RULE = (
+    f"{REFERENCE_TOLERANCE:g} px per {REFERENCE_SIDE} px of the input's shorter side, as "
+    f"Zhang et al. set it on ImageNet"
+)
+
+
+def default_tolerance(size: tuple[int, int]) -> float:
+    """The default tolerance on inputs of ``size`` (H, W): 15 px per 224 px of the shorter side.
+
+    Example:
+        >>> default_tolerance((224, 224)), round(default_tolerance((64, 64)), 2)
+        (15.0, 4.29)
+    """
+    return REFERENCE_TOLERANCE * min(int(size[0]), int(size[1])) / REFERENCE_SIDE
+
+
+def check_tolerance(tolerance: Any) -> float | None:
+    """``tolerance`` if it is None (the default rule) or a positive, finite number of pixels."""
+    if tolerance is None:
+        return None
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not (tolerance > 0 and math.isfinite(tolerance))
+    ):
+        raise ParameterError(
+            f"pointing_game: tolerance must be a positive number of pixels (or None for "
+            f"{TOLERANCE_RULE}), got {tolerance!r}"
+        )
+    return tolerance
+
 
 def _map_size(a_batch: torch.Tensor | Explanation, size: tuple[int, int] | None) -> tuple[int, int]:
     if size is not None:
@@ -48,7 +83,7 @@ def pointing_game(
     s_batch: Boxes,
     *,
     size: tuple[int, int] | None = None,
-    tolerance: float = 15,
+    tolerance: float | None = None,
     upsample: str = "nearest",
 ) -> torch.Tensor:
     """Per-image pointing-game hits: 1.0 (hit), 0.0 (miss) or NaN (no ground truth).
@@ -60,7 +95,8 @@ def pointing_game(
         size: (H, W) at which to play, the model's input size (default: the Explanation's
             input size, or the maps' own size).
         tolerance: A hit when a ground-truth pixel lies strictly closer than this many pixels
-            to the maximum.
+            to the maximum. None (default): 15 px per 224 px of the shorter side of ``size``
+            (:func:`default_tolerance`; 4.3 px at 64 x 64).
         upsample: How maps reach ``size`` (``"nearest"`` keeps the patch grid).
 
     Returns:
@@ -74,15 +110,10 @@ def pointing_game(
         >>> pointing_game(m, [[(3, 3, 4, 4)], [(0, 0, 1, 1)]], tolerance=1).tolist()
         [1.0, 0.0]
     """
-    if (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, (int, float))
-        or not (tolerance > 0 and math.isfinite(tolerance))
-    ):
-        raise ParameterError(
-            f"pointing_game: tolerance must be a positive number of pixels, got {tolerance!r}"
-        )
+    tolerance = check_tolerance(tolerance)
     h, w = _map_size(a_batch, size)
+    if tolerance is None:
+        tolerance = default_tolerance((h, w))
     maps = saliency_at(a_batch, (h, w), upsample).cpu()
     b = maps.shape[0]
     masks = box_masks(s_batch, (h, w), b)
@@ -104,7 +135,9 @@ class PointingGame(Metric):
     the accuracy is the mean over the images that have one. Higher is better.
 
     Args:
-        tolerance: Pixels of tolerance at the model's input resolution (default 15).
+        tolerance: Pixels of tolerance at the model's input resolution. None (default): 15 px
+            per 224 px of the input's shorter side, read from ``x_batch`` at each call (15 px
+            at 224 x 224, 4.3 px on the 64 px digits); :meth:`tolerance_at` gives the value.
         upsample: How maps reach input resolution (``"nearest"`` by default).
 
     References:
@@ -119,25 +152,32 @@ class PointingGame(Metric):
         >>> x = torch.zeros(1, 3, 32, 32)
         >>> PointingGame(tolerance=1)(None, x, [0], m, [[(16, 0, 32, 16)]]).scores.tolist()
         [1.0]
+        >>> round(PointingGame().tolerance_at((32, 32)), 2)  # 15 px x 32 / 224
+        2.14
     """
 
     name = "pointing_game"
-    summary = "hit when the saliency maximum lies within 15 px of a ground-truth box"
+    summary = "hit when the saliency maximum lies near a ground-truth box (15 px at 224 px)"
     paper = "Zhang et al., Top-down Neural Attention by Excitation Backprop, IJCV 2018"
     higher_is_better = True
     needs_boxes = True
 
-    def __init__(self, *, tolerance: float = 15, upsample: str = "nearest") -> None:
-        if (
-            isinstance(tolerance, bool)
-            or not isinstance(tolerance, (int, float))
-            or not (tolerance > 0 and math.isfinite(tolerance))
-        ):
-            raise ParameterError(
-                f"pointing_game: tolerance must be a positive number of pixels, got {tolerance!r}"
-            )
-        self.tolerance = tolerance
+    def __init__(self, *, tolerance: float | None = None, upsample: str = "nearest") -> None:
+        self.tolerance = check_tolerance(tolerance)
         self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES, self.name)
+
+    def tolerance_at(self, size: tuple[int, int]) -> float:
+        """The tolerance in pixels on inputs of ``size`` (H, W)."""
+        return default_tolerance(size) if self.tolerance is None else float(self.tolerance)
+
+    def footnote(self, input_size: tuple[int, int]) -> str:
+        """The tolerance used on inputs of ``input_size``, and where it comes from."""
+        h, w = input_size
+        how = TOLERANCE_RULE if self.tolerance is None else "set by the tolerance parameter"
+        return (
+            f"{self.name}: a hit within {self.tolerance_at(input_size):.1f} px of a box on the "
+            f"{h} x {w} px input ({how})."
+        )
 
     def __call__(
         self,
@@ -153,6 +193,6 @@ class PointingGame(Metric):
         s_batch = require_boxes(s_batch, self.name)
         size = (int(x_batch.shape[-2]), int(x_batch.shape[-1]))
         scores = pointing_game(
-            a_batch, s_batch, size=size, tolerance=self.tolerance, upsample=self.upsample
+            a_batch, s_batch, size=size, tolerance=self.tolerance_at(size), upsample=self.upsample
         )
         return MetricResult(self.name, scores)
