@@ -90,7 +90,13 @@ def _optional_registries() -> list[tuple[str, Any]]:
     show_default=True,
     help="timm:<name>, hf:<repo id>, an alias (vit, deit, xvit:digits-vit), or a path.",
 )
-@click.option("--target", type=int, default=None, help="Class to explain (default: predicted).")
+@click.option(
+    "--target",
+    default=None,
+    metavar="INDEX|NAME",
+    help="Class to explain, by index or by the model's class name, e.g. 'tabby cat' "
+    "(default: the predicted class).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, ...")
 @click.option(
     "--out",
@@ -115,7 +121,7 @@ def explain_cmd(
     images: tuple[str, ...],
     method: str,
     model: str,
-    target: int | None,
+    target: str | None,
     device: str,
     out_dir: str,
     params: tuple[str, ...],
@@ -145,7 +151,7 @@ def explain_cmd(
     for name in names:
         own = {k: v for k, v in kwargs.items() if "." not in k}
         own.update({k.split(".", 1)[1]: v for k, v in kwargs.items() if k.startswith(f"{name}.")})
-        result = explain(name, net, list(images), target=target, **own)
+        result = explain(name, net, list(images), target=_target(target), **own)
         results[name] = result
         if len(names) == 1:
             paths = save_overlays(
@@ -166,6 +172,16 @@ def explain_cmd(
         fig = compare(None, results, preprocessing=adapter.preprocessing, grid=grid)
         fig.savefig(grid_path, dpi=120)
         click.echo(f"comparison grid ({len(images)} images x {len(names)} methods): {grid_path}")
+
+
+def _target(text: str | None) -> int | str | None:
+    """``--target``: an integer is a class index, anything else a class name."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _check_device(device: str) -> str:

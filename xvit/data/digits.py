@@ -33,6 +33,8 @@ DIGIT_SIZE = (16, 24)
 #: Default largest number of clutter fragments per image (at least half of it are drawn).
 CLUTTER = 6
 NUM_CLASSES = 10
+#: The class names the shipped digit models carry: the digit itself.
+CLASS_NAMES = tuple(str(digit) for digit in range(NUM_CLASSES))
 
 _SPLITS = {"train": 0, "test": 1}
 _INK_CUTOFF = 0.15  # alpha below this is not drawn, so the ink (and its box) is crisp

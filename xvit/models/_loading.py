@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._errors import ModelLoadError, UnknownNameError
+from .._errors import InvalidInputError, ModelLoadError, UnknownNameError
 from .._registry import Registry
+from ._labels import timm_class_names
 from ._preprocessing import Preprocessing
 
 _PREPROCESSING: weakref.WeakKeyDictionary[nn.Module, Preprocessing] = weakref.WeakKeyDictionary()
@@ -225,8 +226,19 @@ def save_checkpoint(
     model_kwargs: dict[str, Any],
     preprocessing: Preprocessing,
     extra: dict[str, str] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Save a timm model as ``.safetensors`` with what is needed to rebuild it.
+
+    Args:
+        model: The timm model.
+        path: The ``.safetensors`` file to write.
+        timm_name: The timm architecture, as for ``timm.create_model``.
+        model_kwargs: The keyword arguments that build ``model`` with ``timm.create_model``.
+        preprocessing: How raw images become the model's inputs.
+        extra: More metadata to store (strings).
+        class_names: One name per class; default: the names the model carries
+            (``pretrained_cfg["label_names"]`` or timm's ImageNet names), if any.
 
     Example:
         >>> import tempfile, timm, torch, xvit
@@ -248,6 +260,15 @@ def save_checkpoint(
         "preprocessing": json.dumps(asdict(preprocessing)),
         **(extra or {}),
     }
+    num_classes = int(getattr(model, "num_classes", 0))
+    names = timm_class_names(model, num_classes) if class_names is None else list(class_names)
+    if names is not None:
+        if len(names) != num_classes:
+            raise InvalidInputError(
+                f"class_names has {len(names)} names for a model with {num_classes} classes; "
+                f"give one per class"
+            )
+        meta["label_names"] = json.dumps([str(n) for n in names])
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata=meta)
 
@@ -310,6 +331,7 @@ def load_checkpoint(path: str | Path) -> nn.Module:
         prep["mean"] = tuple(prep["mean"])
         prep["std"] = tuple(prep["std"])
         preprocessing = Preprocessing(**prep)
+        labels = json.loads(meta["label_names"]) if "label_names" in meta else None
     except Exception as exc:
         raise ModelLoadError(
             f"{path} has xvit metadata, but the model cannot be rebuilt from it "
@@ -317,7 +339,10 @@ def load_checkpoint(path: str | Path) -> nn.Module:
             f"save the model again with xvit.save_checkpoint"
         ) from None
     attach_preprocessing(model, preprocessing)
-    setattr(model, "pretrained_cfg", {**getattr(model, "pretrained_cfg", {}), **meta})  # noqa: B010
+    cfg = {**getattr(model, "pretrained_cfg", {}), **meta, "num_classes": model.num_classes}
+    if labels is not None:
+        cfg["label_names"] = tuple(str(n) for n in labels)
+    setattr(model, "pretrained_cfg", cfg)  # noqa: B010
     return model
 
 
