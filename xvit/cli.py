@@ -7,6 +7,7 @@ only with ``--debug``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +40,55 @@ def list_cmd() -> None:
     """List explanation methods (with their papers), metrics, datasets and model aliases."""
     from . import methods, model_aliases
 
-    click.echo("methods:")
-    for name, cls in methods.items():
-        click.echo(f"  {name:<12} {cls.summary}")
-        if cls.paper:
-            click.echo(f"  {'':<12}   paper: {cls.paper}")
+    sections: list[tuple[str, list[tuple[str, str, str]]]] = [
+        ("methods", [(name, cls.summary, cls.paper) for name, cls in methods.items()])
+    ]
     for title, registry in _optional_registries():
-        click.echo(f"{title}:")
-        for name, obj in registry.items():
-            doc = getattr(obj, "summary", "") or (obj.__doc__ or "").strip().splitlines()[0:1]
-            line = doc if isinstance(doc, str) else (doc[0] if doc else "")
-            click.echo(f"  {name:<12} {line}")
-    click.echo("model aliases:")
+        sections.append(
+            (title, [(name, *_summary_and_paper(obj)) for name, obj in registry.items()])
+        )
+    aliases = []
     for name, spec in model_aliases.items():
         shown = spec if not Path(spec).is_absolute() else f"(shipped) {Path(spec).name}"
-        click.echo(f"  {name:<18} {shown}")
+        aliases.append((name, shown, ""))
+    sections.append(("model aliases", aliases))
+    for title, rows in sections:
+        click.echo(f"{title}:")
+        width = max((len(name) for name, _, _ in rows), default=0)
+        for name, summary, paper in rows:
+            click.echo(f"  {name:<{width}}  {plain_text(summary)}".rstrip())
+            if paper:
+                click.echo(f"  {'':<{width}}    paper: {plain_text(paper)}")
+
+
+def _summary_and_paper(obj: Any) -> tuple[str, str]:
+    """A registry entry's one-line summary (else its docstring's first line) and paper."""
+    lines = (obj.__doc__ or "").strip().splitlines()
+    summary = getattr(obj, "summary", "") or (lines[0] if lines else "")
+    return str(summary), str(getattr(obj, "paper", "") or "")
+
+
+#: RST roles (``:class:`~xvit.Explanation```), RST literals (````x````) and Markdown code
+#: (```x```), whose text is kept without the markup.
+_MARKUP = re.compile(r":[\w:]+:`(?P<role>[^`]+)`|``(?P<literal>[^`]+)``|`(?P<code>[^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without RST roles and RST or Markdown backticks, on one line (a role's
+    ``~target`` shows its last part, as Sphinx renders it).
+
+    Example:
+        >>> plain_text("images in ``ImageNet(split='val')`` order, see :class:`~xvit.Sample`")
+        "images in ImageNet(split='val') order, see Sample"
+    """
+
+    def unmarked(m: re.Match[str]) -> str:
+        role = m.group("role")
+        if role is None:
+            return m.group("literal") or m.group("code")
+        return role[1:].rsplit(".", 1)[-1] if role.startswith("~") else role
+
+    return " ".join(_MARKUP.sub(unmarked, text).split())
 
 
 def _optional_registries() -> list[tuple[str, Any]]:
