@@ -108,7 +108,19 @@ def _optional_registries() -> list[tuple[str, Any]]:
     return out
 
 
-@main.command("explain")
+def shipped_model_note() -> str:
+    """What the shipped digit models were trained on, for ``xvit explain --help``."""
+    from .data.digits import TRAINED_ON
+
+    return (
+        f"The default model, {DEFAULT_MODEL} (and xvit:digits-deit), was trained only on "
+        f"{TRAINED_ON}. Other digit images, such as a dark digit on a light background or a "
+        f"digit that fills the image, are often misread; 'xvit demo --export-samples DIR' "
+        f"writes held-out canvases to try."
+    )
+
+
+@main.command("explain", epilog=shipped_model_note())
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
     "--method",
