@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._errors import InvalidInputError, ModelLoadError, UnknownNameError
+from .._errors import InvalidInputError, ModelLoadError, UnknownNameError, UnsupportedModelError
 from .._registry import Registry
 from ._labels import timm_class_names
 from ._preprocessing import Preprocessing
@@ -122,6 +122,10 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
     Raises:
         ModelLoadError: The model could not be loaded (unreachable hub, unreadable file).
         UnknownNameError: The spec is not a known form or alias.
+        UnsupportedModelError: The architecture is not one xvit can explain. For
+            ``timm:`` this is decided without the hub (the architecture is built on the meta
+            device); for ``hf:`` from the repo's config, the one file fetched before the
+            weights (the repo id alone does not tell the architecture).
 
     Example:
         >>> import xvit
@@ -154,11 +158,35 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
+def _refuse_unsupported(spec: str, build: Callable[[], nn.Module]) -> None:
+    """Raise :class:`~xvit.UnsupportedModelError` before any weights are downloaded when the
+    architecture ``build`` makes is not one xvit can explain.
+
+    ``build`` runs on the meta device: parameters get shapes but no memory and no values, so
+    this costs a fraction of a second even for a large model. When the architecture cannot
+    be built that way, nothing is decided here (the adapter check after loading still runs).
+    """
+    from . import get_adapter
+
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except UnsupportedModelError:
+        raise
+    except Exception:
+        return
+    try:
+        get_adapter(skeleton)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{spec} (its weights were not downloaded): {exc}") from None
+
+
 def _load_timm(name: str) -> nn.Module:
     import timm
 
     if not timm.list_models(name) and not timm.list_models(name.split(".")[0]):
         raise UnknownNameError(f"timm has no model named {name!r}; see timm.list_models('vit_*')")
+    _refuse_unsupported(f"timm:{name}", lambda: timm.create_model(name, pretrained=False))
     try:
         with _offline_unless_reachable():
             return timm.create_model(name, pretrained=True)
@@ -167,17 +195,46 @@ def _load_timm(name: str) -> nn.Module:
 
 
 def _load_hf(repo: str) -> nn.Module:
-    from transformers import AutoModelForImageClassification
+    """An HF image classifier from the hub. The architecture is only known from the repo's
+    config, so that small JSON file is fetched first; the weights only once the architecture
+    is one xvit supports."""
+    from transformers import AutoConfig, AutoModelForImageClassification
 
     try:
         with _offline_unless_reachable():
-            model = AutoModelForImageClassification.from_pretrained(repo)
+            config = AutoConfig.from_pretrained(repo)
+    except Exception as exc:
+        raise _hub_error(f"hf:{repo}", exc) from None
+    _refuse_unsupported(f"hf:{repo}", lambda: _hf_image_classifier(config, f"hf:{repo}"))
+    try:
+        with _offline_unless_reachable():
+            model = AutoModelForImageClassification.from_pretrained(repo, config=config)
     except Exception as exc:
         raise _hub_error(f"hf:{repo}", exc) from None
     prep = _hf_processor_preprocessing(repo, model)
     if prep is not None:
         attach_preprocessing(model, prep)
     return model
+
+
+def _hf_image_classifier(config: Any, spec: str) -> nn.Module:
+    """The model ``AutoModelForImageClassification`` builds for ``config``, without weights."""
+    from transformers import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+
+    from . import supported_models
+
+    try:
+        classes: Any = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"{spec} is a {getattr(config, 'model_type', type(config).__name__)} model, not an "
+            f"image classifier (its weights were not downloaded); xvit supports "
+            f"{supported_models()}"
+        ) from None
+    if isinstance(classes, (list, tuple)):  # pick the one the config names, as transformers does
+        named = [c for c in classes if c.__name__ in (getattr(config, "architectures", None) or [])]
+        classes = (named or list(classes))[0]
+    return classes(config)
 
 
 def _hf_processor_preprocessing(repo: str, model: nn.Module) -> Preprocessing | None:
