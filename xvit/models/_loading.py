@@ -250,15 +250,26 @@ def _hf_processor_preprocessing(repo: str, model: nn.Module) -> Preprocessing | 
 
 
 def preprocessing_from_hf_processor(proc: Any) -> Preprocessing:
-    """Translate an HF image processor's settings into :class:`Preprocessing`."""
+    """Translate an HF image processor's settings into :class:`Preprocessing`.
+
+    Example:
+        >>> from transformers import ViTImageProcessor
+        >>> processor = ViTImageProcessor(size={"height": 64, "width": 64})
+        >>> preprocessing_from_hf_processor(processor).size
+        (64, 64)
+    """
     crop = getattr(proc, "crop_size", None)
     size = getattr(proc, "size", None) or {}
 
     def hw(d: Any) -> tuple[int, int] | None:
-        if isinstance(d, dict) and "height" in d:
-            return int(d["height"]), int(d["width"])
-        if isinstance(d, dict) and "shortest_edge" in d:
-            return int(d["shortest_edge"]), int(d["shortest_edge"])
+        # a dict in transformers 4.x, a SizeDict (not a dict, same .get) in 5.x
+        get = getattr(d, "get", None)
+        if get is None:
+            return None
+        if get("height") is not None and get("width") is not None:
+            return int(get("height")), int(get("width"))
+        if get("shortest_edge") is not None:
+            return int(get("shortest_edge")), int(get("shortest_edge"))
         return None
 
     resample = getattr(proc, "resample", 2)
