@@ -13,10 +13,12 @@ from PIL import Image
 from torch import nn
 
 import xvit
+from conftest import MODEL_FACTORIES, NUM_CLASSES, model_input
 from xvit.cli import main
 from xvit.data.digits import CLASS_NAMES
 
 ANIMALS = ("tiger cat", "tabby, tabby cat", "Persian cat", "crane", "crane, derrick")
+assert len(ANIMALS) == NUM_CLASSES  # names for conftest's tiny models
 
 
 def _tiny_timm(num_classes: int, **kw) -> nn.Module:
@@ -33,21 +35,12 @@ def _tiny_timm(num_classes: int, **kw) -> nn.Module:
     ).eval()
 
 
-def _tiny_hf(id2label: dict[int, str] | None, num_labels: int = len(ANIMALS)) -> nn.Module:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    kw = dict(id2label=id2label) if id2label else dict(num_labels=num_labels)
-    cfg = ViTConfig(
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        image_size=16,
-        patch_size=8,
-        **kw,
-    )
-    torch.manual_seed(0)
-    return ViTForImageClassification(cfg).eval()
+def _tiny_hf(id2label: dict[int, str] | None) -> nn.Module:
+    """conftest's tiny HF ViT (NUM_CLASSES classes), with these labels or HF's placeholders."""
+    model = MODEL_FACTORIES["hf-vit"]()
+    if id2label:
+        model.config.id2label = id2label
+    return model
 
 
 def _timm_named(names=ANIMALS) -> nn.Module:
@@ -57,7 +50,7 @@ def _timm_named(names=ANIMALS) -> nn.Module:
 
 
 def _targets(model: nn.Module, target, n: int = 2) -> list[int]:
-    x = torch.randn(n, 3, 16, 16)
+    x = model_input(model, batch=n)
     return xvit.explain("attention", model, x, target=target).targets.tolist()
 
 
@@ -71,7 +64,7 @@ def named(request) -> nn.Module:
 def test_a_name_an_int_and_mixed_lists(named) -> None:
     assert _targets(named, "Persian cat") == [2, 2]
     assert _targets(named, ["tiger cat", 4]) == [0, 4]
-    e = xvit.explain("attention", named, torch.randn(1, 3, 16, 16), target="tiger cat")
+    e = xvit.explain("attention", named, model_input(named, batch=1), target="tiger cat")
     assert e.class_names == ["tiger cat"]
 
 
@@ -96,7 +89,7 @@ def test_ambiguous_name_lists_the_classes() -> None:
 
 @pytest.mark.parametrize("kind", ["timm", "hf"])
 def test_a_name_on_a_model_without_names_asks_for_an_index(kind) -> None:
-    model = _tiny_timm(5) if kind == "timm" else _tiny_hf(None, num_labels=5)
+    model = _tiny_timm(NUM_CLASSES) if kind == "timm" else _tiny_hf(None)
     assert xvit.get_adapter(model).class_names() is None  # HF's LABEL_i are no names
     with pytest.raises(xvit.InvalidInputError, match=r"no class names; pass a class index"):
         _targets(model, "cat")
