@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import xvit
-from xvit.data.digits import CANVAS_SIZE, NUM_CLASSES, PATCH_SIZE, DigitCanvases
+from xvit.data.digits import CANVAS_SIZE, CLASS_NAMES, NUM_CLASSES, PATCH_SIZE, DigitCanvases
 from xvit.models import Preprocessing
 
 EVAL_SEED = 12345  # the held-out evaluation images (test split: unseen source digits)
@@ -266,6 +266,7 @@ def save(
         timm_name=ARCHS[name],
         model_kwargs=kwargs,
         preprocessing=prep,
+        class_names=CLASS_NAMES,
         extra={
             "dataset": "xvit digits (canvas 64 px, 8 px patches)",
             "held_out_accuracy": f"{acc:.4f}",

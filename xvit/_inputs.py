@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 
 from ._errors import InvalidInputError
 from .models._base import ModelAdapter
+from .models._labels import class_index
 
 
 def load_image(path: str | Path) -> Any:
@@ -132,8 +134,15 @@ def as_image(item: Any) -> Any:
     )
 
 
-def resolve_targets(target: Any, logits: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B,) long targets: None -> predicted class; an int for all; or one per image."""
+def resolve_targets(
+    target: Any,
+    logits: torch.Tensor,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """(B,) long targets: None -> predicted class; an int or class name for all; or one per
+    image (ints and names may be mixed). Names are looked up in ``class_names``
+    (see :func:`~xvit.models._labels.class_index`)."""
     b = logits.shape[0]
     if target is None:
         return logits.argmax(dim=-1)
@@ -141,25 +150,38 @@ def resolve_targets(target: Any, logits: torch.Tensor, num_classes: int) -> torc
         if target.is_floating_point() or target.dtype == torch.bool:
             raise InvalidInputError(f"target must hold integer class indices, got {target.dtype}")
         values = target.reshape(-1).tolist()
+    elif isinstance(target, np.ndarray) and target.dtype.kind in "US":
+        values = [str(v) for v in target.reshape(-1)]
     elif isinstance(target, (list, tuple, np.ndarray)):
-        values = list(np.asarray(target).reshape(-1).tolist())
+        values = list(target)
+        if not any(_is_name(v) for v in values):  # nested lists of ints flatten as before
+            values = list(np.asarray(target).reshape(-1).tolist())
     else:
         values = [target]
+    indices = []
     for v in values:
+        if _is_name(v):
+            indices.append(class_index(str(v), class_names, num_classes))
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise InvalidInputError(
-                f"target must be an int class index (or one per image), got {v!r} "
-                f"({type(v).__name__})"
+                f"target must be an int class index or a class name (or one per image), got "
+                f"{v!r} ({type(v).__name__})"
             )
         if not 0 <= int(v) < num_classes:
             raise InvalidInputError(
                 f"target {v} is out of range: the model has {num_classes} classes "
                 f"(0 .. {num_classes - 1})"
             )
-    if len(values) == 1:
-        values = values * b
-    if len(values) != b:
+        indices.append(int(v))
+    if len(indices) == 1:
+        indices = indices * b
+    if len(indices) != b:
         raise InvalidInputError(
-            f"got {len(values)} targets for {b} images: pass one int, or exactly one per image"
+            f"got {len(indices)} targets for {b} images: pass one target, or exactly one per image"
         )
-    return torch.tensor([int(v) for v in values], dtype=torch.long, device=logits.device)
+    return torch.tensor(indices, dtype=torch.long, device=logits.device)
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str)

@@ -57,7 +57,11 @@ def explain(
             with the model's own preprocessing), or a B x C x H x W tensor taken as already
             preprocessed. A tensor on another device or of another floating dtype than the
             model is moved and cast to the model's; the results come back on its device.
-        target: None (the predicted class), an int for every image, or one int per image.
+        target: None (the predicted class); a class index or class name for every image;
+            or one per image (indices and names may be mixed). Names come from the model
+            (HF ``config.id2label``; timm ``pretrained_cfg["label_names"]`` or its ImageNet
+            head): exact matches first, then case-insensitive; a synonym of a label counts
+            (``"tabby cat"`` for ``"tabby, tabby cat"``).
         **params: The method's parameters; unknown names raise an error listing valid ones.
 
     Returns:
@@ -90,7 +94,8 @@ def explain(
                 logits = torch.cat(
                     [adapter.logits(part.to(device)) for part in x.split(LOGITS_CHUNK)]
                 )
-            targets = resolve_targets(target, logits, adapter.num_classes)
+            names = adapter.class_names()
+            targets = resolve_targets(target, logits, adapter.num_classes, names)
             probs = logits.float().softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
             maps = torch.cat(
                 [
@@ -117,5 +122,5 @@ def explain(
         input_size=(int(x.shape[-2]), int(x.shape[-1])),
         inputs=x.detach().to(out_device),
         images=images,
-        class_names=[adapter.class_name(int(t)) for t in targets],
+        class_names=[names[t] if names else adapter.class_name(t) for t in targets.tolist()],
     )

@@ -7,6 +7,7 @@ only with ``--debug``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +29,55 @@ def list_cmd() -> None:
     """List explanation methods (with their papers), metrics, datasets and model aliases."""
     from . import methods, model_aliases
 
-    click.echo("methods:")
-    for name, cls in methods.items():
-        click.echo(f"  {name:<12} {cls.summary}")
-        if cls.paper:
-            click.echo(f"  {'':<12}   paper: {cls.paper}")
+    sections: list[tuple[str, list[tuple[str, str, str]]]] = [
+        ("methods", [(name, cls.summary, cls.paper) for name, cls in methods.items()])
+    ]
     for title, registry in _optional_registries():
-        click.echo(f"{title}:")
-        for name, obj in registry.items():
-            doc = getattr(obj, "summary", "") or (obj.__doc__ or "").strip().splitlines()[0:1]
-            line = doc if isinstance(doc, str) else (doc[0] if doc else "")
-            click.echo(f"  {name:<12} {line}")
-    click.echo("model aliases:")
+        sections.append(
+            (title, [(name, *_summary_and_paper(obj)) for name, obj in registry.items()])
+        )
+    aliases = []
     for name, spec in model_aliases.items():
         shown = spec if not Path(spec).is_absolute() else f"(shipped) {Path(spec).name}"
-        click.echo(f"  {name:<18} {shown}")
+        aliases.append((name, shown, ""))
+    sections.append(("model aliases", aliases))
+    for title, rows in sections:
+        click.echo(f"{title}:")
+        width = max((len(name) for name, _, _ in rows), default=0)
+        for name, summary, paper in rows:
+            click.echo(f"  {name:<{width}}  {plain_text(summary)}".rstrip())
+            if paper:
+                click.echo(f"  {'':<{width}}    paper: {plain_text(paper)}")
+
+
+def _summary_and_paper(obj: Any) -> tuple[str, str]:
+    """A registry entry's one-line summary (else its docstring's first line) and paper."""
+    lines = (obj.__doc__ or "").strip().splitlines()
+    summary = getattr(obj, "summary", "") or (lines[0] if lines else "")
+    return str(summary), str(getattr(obj, "paper", "") or "")
+
+
+#: RST roles (``:class:`~xvit.Explanation```), RST literals (````x````) and Markdown code
+#: (```x```), whose text is kept without the markup.
+_MARKUP = re.compile(r":[\w:]+:`(?P<role>[^`]+)`|``(?P<literal>[^`]+)``|`(?P<code>[^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without RST roles and RST or Markdown backticks, on one line (a role's
+    ``~target`` shows its last part, as Sphinx renders it).
+
+    Example:
+        >>> plain_text("images in ``ImageNet(split='val')`` order, see :class:`~xvit.Sample`")
+        "images in ImageNet(split='val') order, see Sample"
+    """
+
+    def unmarked(m: re.Match[str]) -> str:
+        role = m.group("role")
+        if role is None:
+            return m.group("literal") or m.group("code")
+        return role[1:].rsplit(".", 1)[-1] if role.startswith("~") else role
+
+    return " ".join(_MARKUP.sub(unmarked, text).split())
 
 
 def _optional_registries() -> list[tuple[str, Any]]:
@@ -62,7 +97,19 @@ def _optional_registries() -> list[tuple[str, Any]]:
     return out
 
 
-@main.command("explain")
+def shipped_model_note() -> str:
+    """What the shipped digit models were trained on, for ``xvit explain --help``."""
+    from .data.digits import TRAINED_ON
+
+    return (
+        f"The default model, {DEFAULT_MODEL} (and xvit:digits-deit), was trained only on "
+        f"{TRAINED_ON}. Other digit images, such as a dark digit on a light background or a "
+        f"digit that fills the image, are often misread; 'xvit demo --export-samples DIR' "
+        f"writes held-out canvases to try."
+    )
+
+
+@main.command("explain", epilog=shipped_model_note())
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option(
     "--method",
@@ -79,7 +126,13 @@ def _optional_registries() -> list[tuple[str, Any]]:
     show_default=True,
     help="timm:<name>, hf:<repo id>, an alias (vit, deit, xvit:digits-vit), or a path.",
 )
-@click.option("--target", type=int, default=None, help="Class to explain (default: predicted).")
+@click.option(
+    "--target",
+    default=None,
+    metavar="INDEX|NAME",
+    help="Class to explain, by index or by the model's class name, e.g. 'tabby cat' "
+    "(default: the predicted class).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, ...")
 @click.option(
     "--out",
@@ -104,7 +157,7 @@ def explain_cmd(
     images: tuple[str, ...],
     method: str,
     model: str,
-    target: int | None,
+    target: str | None,
     device: str,
     out_dir: str,
     params: tuple[str, ...],
@@ -139,7 +192,7 @@ def explain_cmd(
     results = {}
     for explainer in explainers:
         name = explainer.name
-        result = explain(explainer, net, list(images), target=target)
+        result = explain(explainer, net, list(images), target=_target(target))
         results[name] = result
         if len(explainers) == 1:
             paths = save_overlays(
@@ -174,6 +227,16 @@ def _row_labels(images: tuple[str, ...]) -> list[str]:
     """Each image's file name; the path as given where two images share a file name."""
     names = [Path(image).name for image in images]
     return [name if names.count(name) == 1 else image for name, image in zip(names, images)]
+
+
+def _target(text: str | None) -> int | str | None:
+    """``--target``: an integer is a class index, anything else a class name."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _check_device(device: str) -> str:

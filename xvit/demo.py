@@ -1,14 +1,18 @@
 """``xvit demo``: the offline main job.
 
-Every registered method on the shipped digits model and held-out digits data: a gallery PNG
-(images x methods) and the benchmark table (Insertion, Deletion, Pointing Game, energy
-Pointing Game, time) on 200 images, with no download, in a few minutes on 2 CPU cores.
+Every registered method on the shipped digits model and held-out digits data, with no
+download, in a few minutes on 2 CPU cores. It writes to its output folder ``gallery.png``
+(held-out digits x methods, with per-cell Insertion and Deletion AUCs: the README's picture)
+and the benchmark on 200 images: ``table.md``, ``summary.csv`` and ``summary.json``
+(Insertion, Deletion, Pointing Game, energy Pointing Game, time), the mean curves
+``curves.png``, the time per method ``times.png``, and the raw ``results.jsonl``.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +53,93 @@ def demo_metrics(input_size: tuple[int, int]) -> list[Any]:
     return out
 
 
-def gallery(model: Any, samples: list[Any], methods: list[Any], path: Path) -> Path:
-    """Write a grid of ``samples`` x ``methods`` overlays to ``path``."""
+#: Rows (held-out digits) of the gallery, in ``xvit demo`` and in the README's picture.
+GALLERY_ROWS = 4
+
+
+def gallery_figure(
+    model: Any, samples: list[Any], methods: list[Any], *, model_name: str = "the model"
+) -> Any:
+    """The gallery: ``samples`` (rows) x ``methods`` (columns), each row titled with its target
+    class and probability, each cell with that image's Insertion and Deletion AUCs.
+
+    ``xvit demo`` and ``scripts/make_gallery.py`` (the README's picture) both draw it here.
+    Randomized methods run with seed 0; the AUCs use the demo's metric settings
+    (:func:`demo_metrics`).
+
+    Args:
+        model: The model, as for :func:`xvit.explain`.
+        samples: :class:`~xvit.data.Sample` objects (image, label as the target).
+        methods: :class:`~xvit.Explainer` instances, one column each.
+        model_name: How the title names the model (e.g. its spec, ``xvit:digits-vit``).
+
+    Returns:
+        The matplotlib Figure.
+    """
     from .api import explain
+    from .metrics._causal import CausalMetric
+    from .models import get_adapter
     from .viz import compare
 
+    adapter = get_adapter(model)
     images = [s.image for s in samples]
     targets = [s.label for s in samples]
-    explanations = {}
+    scorers = [m for m in demo_metrics(adapter.preprocessing.size) if isinstance(m, CausalMetric)]
+    scorers.sort(key=lambda m: not m.insertion)  # insertion, then deletion
+    explanations, aucs = {}, {}
     for explainer in methods:
-        params = {"seed": 0} if explainer.randomized else {}
-        if params:
-            explainer = type(explainer).create(**{**explainer.params(), **params})
-        explanations[explainer.name] = explain(explainer, model, images, target=targets)
-    fig = compare(images, explanations)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+        if explainer.randomized:
+            explainer = type(explainer).create(**{**explainer.params(), "seed": 0})
+        e = explanations[explainer.name] = explain(explainer, model, images, target=targets)
+        assert e.inputs is not None  # explain always keeps the preprocessed inputs
+        aucs[e.method] = {m.name: m(model, e.inputs, e.targets, e) for m in scorers}
+    fig = compare(images, explanations, aucs, preprocessing=adapter.preprocessing)
+    fig.suptitle(
+        f"{model_name} on held-out digits: target class, insertion (higher is better) and "
+        f"deletion (lower is better) AUC per cell",
+        fontsize=9,
+    )
+    return fig
+
+
+def gallery(
+    model: Any,
+    samples: list[Any],
+    methods: list[Any],
+    path: Path,
+    *,
+    model_name: str = "the model",
+) -> Path:
+    """Write :func:`gallery_figure` to ``path`` (PNG) and return the path."""
     import matplotlib.pyplot as plt
 
+    fig = gallery_figure(model, samples, methods, model_name=model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def export_samples(samples: Sequence[Any], folder: Path) -> list[Path]:
+    """Write ``samples`` as lossless PNGs named by position and label
+    (``digit-0007-label3.png``) in ``folder``; return their paths.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from xvit.data import get_dataset
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> paths = export_samples(get_dataset("digits", split="test", n=2), folder)
+        >>> [p.name for p in paths]
+        ['digit-0000-label9.png', 'digit-0001-label4.png']
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, sample in enumerate(samples):
+        path = folder / f"digit-{i:04d}-label{sample.label}.png"
+        sample.image.save(path)
+        paths.append(path)
+    return paths
 
 
 @click.command("demo")
@@ -84,7 +155,7 @@ def gallery(model: Any, samples: list[Any], methods: list[Any], path: Path) -> P
     type=click.IntRange(min=1),
     default=200,
     show_default=True,
-    help="Held-out images in the benchmark.",
+    help="Held-out images in the benchmark (or written by --export-samples).",
 )
 @click.option(
     "--out",
@@ -92,7 +163,7 @@ def gallery(model: Any, samples: list[Any], methods: list[Any], path: Path) -> P
     default="xvit-demo",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Folder for the gallery, table and curves.",
+    help="Folder for gallery.png, table.md, summary.csv/json, curves.png and times.png.",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, ...")
 @click.option(
@@ -102,20 +173,38 @@ def gallery(model: Any, samples: list[Any], methods: list[Any], path: Path) -> P
     show_default=True,
     help="Images per explanation call.",
 )
+@click.option(
+    "--export-samples",
+    "samples_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Only write the N held-out canvases as PNGs to this folder (digit-0007-label3.png: "
+    "image 7, a 3), to try with xvit explain; the demo itself does not run.",
+)
 @handle_errors
-def demo_command(model: str, n: int, out_dir: str, device: str, batch_size: int) -> None:
-    """Run every method on the embedded model and data: gallery PNG + benchmark table."""
+def demo_command(
+    model: str, n: int, out_dir: str, device: str, batch_size: int, samples_dir: str | None
+) -> None:
+    """Run every method on the embedded model and data: the gallery (gallery.png) and the
+    benchmark (table.md, summary.csv, summary.json, curves.png, times.png, results.jsonl)."""
     from .bench.runner import run_benchmark
     from .data import get_dataset
     from .models import get_adapter, load_model
 
     t0 = time.perf_counter()
+    data = get_dataset("digits", split="test", n=n)
+    if samples_dir is not None:
+        paths = export_samples(data, Path(samples_dir))
+        click.echo(
+            f"wrote {len(paths)} held-out canvases to {samples_dir}; try: xvit explain {paths[0]}"
+        )
+        return
     out = Path(out_dir)
     net = load_model(model, device=device)
     adapter = get_adapter(net)
-    data = get_dataset("digits", split="test", n=n)
     methods = demo_methods()
-    path = gallery(net, [data[i] for i in range(min(6, len(data)))], methods, out / "gallery.png")
+    rows = [data[i] for i in range(min(GALLERY_ROWS, len(data)))]
+    path = gallery(net, rows, methods, out / "gallery.png", model_name=model)
     click.echo(f"gallery: {path}", err=True)
     results = run_benchmark(
         net,
@@ -129,4 +218,6 @@ def demo_command(model: str, n: int, out_dir: str, device: str, batch_size: int)
     )
     for name, file in results.files.items():
         click.echo(f"{name}: {file}", err=True)
+    if (out / "times.png").is_file():  # written beside the curves, not among results.files
+        click.echo(f"times: {out / 'times.png'}", err=True)
     click.echo(f"done in {time.perf_counter() - t0:.0f} s", err=True)

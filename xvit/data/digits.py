@@ -33,6 +33,23 @@ DIGIT_SIZE = (16, 24)
 #: Default largest number of clutter fragments per image (at least half of it are drawn).
 CLUTTER = 6
 NUM_CLASSES = 10
+#: The class names the shipped digit models carry: the digit itself.
+CLASS_NAMES = tuple(str(digit) for digit in range(NUM_CLASSES))
+#: Range of each RGB channel of the flat background, as a fraction of full brightness.
+BACKGROUND = (0.0, 0.35)
+#: Range of each RGB channel of the target's ink (fragments share it).
+INK = (0.6, 1.0)
+
+#: What the shipped digit models saw in training (``benchmarks/train_digits.py`` draws every
+#: training image from :class:`DigitCanvases`, clean digits first, then up to ``CLUTTER``
+#: fragments).
+TRAINED_ON = (
+    f"{CANVAS_SIZE} x {CANVAS_SIZE} px canvases holding one light handwritten digit "
+    f"{DIGIT_SIZE[0]}-{DIGIT_SIZE[1]} px high, anywhere, on a flat dark background (random "
+    f"colours: each ink channel {INK[0]:.0%}-{INK[1]:.0%} and each background channel "
+    f"{BACKGROUND[0]:.0%}-{BACKGROUND[1]:.0%} of full brightness), among up to {CLUTTER} "
+    f"smaller fragments of other digits"
+)
 
 _SPLITS = {"train": 0, "test": 1}
 _INK_CUTOFF = 0.15  # alpha below this is not drawn, so the ink (and its box) is crisp
@@ -151,8 +168,8 @@ class DigitCanvases(LazySamples):
         source = int(target_rng.choice(self._by_class[label]))
         side = int(target_rng.integers(self.digit_size[0], self.digit_size[1] + 1))
         x, y = (int(v) for v in target_rng.integers(0, size - side + 1, size=2))
-        background = target_rng.uniform(0.0, 0.35, size=3)
-        ink = target_rng.uniform(0.6, 1.0, size=3)
+        background = target_rng.uniform(*BACKGROUND, size=3)
+        ink = target_rng.uniform(*INK, size=3)
         alpha = np.zeros((size, size), dtype=np.float32)
         alpha[y : y + side, x : x + side] = _upscale(images[source], side, side)
         rows = np.flatnonzero(alpha.any(axis=1))

@@ -45,11 +45,20 @@ def get_adapter(model: object) -> ModelAdapter:
         for _name, cls in adapters.items():
             if cls.matches(model):
                 return cls(model)
-    supported = "; ".join(cls.description for _, cls in adapters.items())
     raise UnsupportedModelError(
         f"xvit cannot explain a {type(model).__module__}.{type(model).__name__}: it supports "
-        f"{supported}"
+        f"{supported_models()}"
     )
+
+
+def supported_models() -> str:
+    """The model families xvit's adapters support, for error messages.
+
+    Example:
+        >>> "timm VisionTransformer" in supported_models()
+        True
+    """
+    return "; ".join(cls.description for _, cls in adapters.items())
 
 
 __all__ = [

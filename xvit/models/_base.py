@@ -191,9 +191,18 @@ class ModelAdapter(ABC):
             return p.dtype
         return torch.float32
 
+    def class_names(self) -> tuple[str, ...] | None:
+        """One name per class when the model carries class names, else None.
+
+        Adapters override this; ``xvit.explain(..., target="name")`` and :meth:`class_name`
+        read it.
+        """
+        return None
+
     def class_name(self, index: int) -> str:
         """A human-readable class name when the model carries one, else the index."""
-        return str(index)
+        names = self.class_names()
+        return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
     # --- running --------------------------------------------------------------------------
     @abstractmethod

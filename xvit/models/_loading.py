@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._errors import ModelLoadError, UnknownNameError
+from .._errors import InvalidInputError, ModelLoadError, UnknownNameError, UnsupportedModelError
 from .._registry import Registry
+from ._labels import timm_class_names
 from ._preprocessing import Preprocessing
 
 _PREPROCESSING: weakref.WeakKeyDictionary[nn.Module, Preprocessing] = weakref.WeakKeyDictionary()
@@ -121,6 +122,10 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
     Raises:
         ModelLoadError: The model could not be loaded (unreachable hub, unreadable file).
         UnknownNameError: The spec is not a known form or alias.
+        UnsupportedModelError: The architecture is not one xvit can explain. For
+            ``timm:`` this is decided without the hub (the architecture is built on the meta
+            device); for ``hf:`` from the repo's config, the one file fetched before the
+            weights (the repo id alone does not tell the architecture).
 
     Example:
         >>> import xvit
@@ -153,11 +158,35 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
+def _refuse_unsupported(spec: str, build: Callable[[], nn.Module]) -> None:
+    """Raise :class:`~xvit.UnsupportedModelError` before any weights are downloaded when the
+    architecture ``build`` makes is not one xvit can explain.
+
+    ``build`` runs on the meta device: parameters get shapes but no memory and no values, so
+    this costs a fraction of a second even for a large model. When the architecture cannot
+    be built that way, nothing is decided here (the adapter check after loading still runs).
+    """
+    from . import get_adapter
+
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except UnsupportedModelError:
+        raise
+    except Exception:
+        return
+    try:
+        get_adapter(skeleton)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{spec} (its weights were not downloaded): {exc}") from None
+
+
 def _load_timm(name: str) -> nn.Module:
     import timm
 
     if not timm.list_models(name) and not timm.list_models(name.split(".")[0]):
         raise UnknownNameError(f"timm has no model named {name!r}; see timm.list_models('vit_*')")
+    _refuse_unsupported(f"timm:{name}", lambda: timm.create_model(name, pretrained=False))
     try:
         with _offline_unless_reachable():
             return timm.create_model(name, pretrained=True)
@@ -166,17 +195,46 @@ def _load_timm(name: str) -> nn.Module:
 
 
 def _load_hf(repo: str) -> nn.Module:
-    from transformers import AutoModelForImageClassification
+    """An HF image classifier from the hub. The architecture is only known from the repo's
+    config, so that small JSON file is fetched first; the weights only once the architecture
+    is one xvit supports."""
+    from transformers import AutoConfig, AutoModelForImageClassification
 
     try:
         with _offline_unless_reachable():
-            model = AutoModelForImageClassification.from_pretrained(repo)
+            config = AutoConfig.from_pretrained(repo)
+    except Exception as exc:
+        raise _hub_error(f"hf:{repo}", exc) from None
+    _refuse_unsupported(f"hf:{repo}", lambda: _hf_image_classifier(config, f"hf:{repo}"))
+    try:
+        with _offline_unless_reachable():
+            model = AutoModelForImageClassification.from_pretrained(repo, config=config)
     except Exception as exc:
         raise _hub_error(f"hf:{repo}", exc) from None
     prep = _hf_processor_preprocessing(repo, model)
     if prep is not None:
         attach_preprocessing(model, prep)
     return model
+
+
+def _hf_image_classifier(config: Any, spec: str) -> nn.Module:
+    """The model ``AutoModelForImageClassification`` builds for ``config``, without weights."""
+    from transformers import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+
+    from . import supported_models
+
+    try:
+        classes: Any = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"{spec} is a {getattr(config, 'model_type', type(config).__name__)} model, not an "
+            f"image classifier (its weights were not downloaded); xvit supports "
+            f"{supported_models()}"
+        ) from None
+    if isinstance(classes, (list, tuple)):  # pick the one the config names, as transformers does
+        named = [c for c in classes if c.__name__ in (getattr(config, "architectures", None) or [])]
+        classes = (named or list(classes))[0]
+    return classes(config)
 
 
 def _hf_processor_preprocessing(repo: str, model: nn.Module) -> Preprocessing | None:
@@ -192,15 +250,26 @@ def _hf_processor_preprocessing(repo: str, model: nn.Module) -> Preprocessing | 
 
 
 def preprocessing_from_hf_processor(proc: Any) -> Preprocessing:
-    """Translate an HF image processor's settings into :class:`Preprocessing`."""
+    """Translate an HF image processor's settings into :class:`Preprocessing`.
+
+    Example:
+        >>> from transformers import ViTImageProcessor
+        >>> processor = ViTImageProcessor(size={"height": 64, "width": 64})
+        >>> preprocessing_from_hf_processor(processor).size
+        (64, 64)
+    """
     crop = getattr(proc, "crop_size", None)
     size = getattr(proc, "size", None) or {}
 
     def hw(d: Any) -> tuple[int, int] | None:
-        if isinstance(d, dict) and "height" in d:
-            return int(d["height"]), int(d["width"])
-        if isinstance(d, dict) and "shortest_edge" in d:
-            return int(d["shortest_edge"]), int(d["shortest_edge"])
+        # a dict in transformers 4.x, a SizeDict (not a dict, same .get) in 5.x
+        get = getattr(d, "get", None)
+        if get is None:
+            return None
+        if get("height") is not None and get("width") is not None:
+            return int(get("height")), int(get("width"))
+        if get("shortest_edge") is not None:
+            return int(get("shortest_edge")), int(get("shortest_edge"))
         return None
 
     resample = getattr(proc, "resample", 2)
@@ -225,8 +294,19 @@ def save_checkpoint(
     model_kwargs: dict[str, Any],
     preprocessing: Preprocessing,
     extra: dict[str, str] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> None:
     """Save a timm model as ``.safetensors`` with what is needed to rebuild it.
+
+    Args:
+        model: The timm model.
+        path: The ``.safetensors`` file to write.
+        timm_name: The timm architecture, as for ``timm.create_model``.
+        model_kwargs: The keyword arguments that build ``model`` with ``timm.create_model``.
+        preprocessing: How raw images become the model's inputs.
+        extra: More metadata to store (strings).
+        class_names: One name per class; default: the names the model carries
+            (``pretrained_cfg["label_names"]`` or timm's ImageNet names), if any.
 
     Example:
         >>> import tempfile, timm, torch, xvit
@@ -248,6 +328,15 @@ def save_checkpoint(
         "preprocessing": json.dumps(asdict(preprocessing)),
         **(extra or {}),
     }
+    num_classes = int(getattr(model, "num_classes", 0))
+    names = timm_class_names(model, num_classes) if class_names is None else list(class_names)
+    if names is not None:
+        if len(names) != num_classes:
+            raise InvalidInputError(
+                f"class_names has {len(names)} names for a model with {num_classes} classes; "
+                f"give one per class"
+            )
+        meta["label_names"] = json.dumps([str(n) for n in names])
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata=meta)
 
@@ -310,6 +399,7 @@ def load_checkpoint(path: str | Path) -> nn.Module:
         prep["mean"] = tuple(prep["mean"])
         prep["std"] = tuple(prep["std"])
         preprocessing = Preprocessing(**prep)
+        labels = json.loads(meta["label_names"]) if "label_names" in meta else None
     except Exception as exc:
         raise ModelLoadError(
             f"{path} has xvit metadata, but the model cannot be rebuilt from it "
@@ -317,7 +407,10 @@ def load_checkpoint(path: str | Path) -> nn.Module:
             f"save the model again with xvit.save_checkpoint"
         ) from None
     attach_preprocessing(model, preprocessing)
-    setattr(model, "pretrained_cfg", {**getattr(model, "pretrained_cfg", {}), **meta})  # noqa: B010
+    cfg = {**getattr(model, "pretrained_cfg", {}), **meta, "num_classes": model.num_classes}
+    if labels is not None:
+        cfg["label_names"] = tuple(str(n) for n in labels)
+    setattr(model, "pretrained_cfg", cfg)  # noqa: B010
     return model
 
 

@@ -87,7 +87,8 @@ def timm_to_hf(model: nn.Module) -> nn.Module:
     A ``VisionTransformer`` becomes a ``ViTForImageClassification`` and a
     ``VisionTransformerDistilled`` a ``DeiTForImageClassificationWithTeacher``, with the same
     hidden size, depth, heads, MLP width, patch and image size, classes, qkv bias and
-    layer-norm eps, the same weights, dtype, device, train/eval mode and preprocessing.
+    layer-norm eps, the same weights, dtype, device, train/eval mode, preprocessing and class
+    names (timm's label names or ImageNet names become ``config.id2label``).
 
     Args:
         model: A timm ``VisionTransformer`` with a CLS token and ``global_pool="token"``, or a
@@ -133,7 +134,9 @@ def hf_to_timm(model: nn.Module) -> nn.Module:
         model: A ``ViTForImageClassification`` or ``DeiTForImageClassificationWithTeacher``.
 
     Returns:
-        A new timm model with the same weights, dtype, device, mode and preprocessing.
+        A new timm model with the same weights, dtype, device, mode, preprocessing and class
+        names (``config.id2label``, unless HF's placeholders, becomes
+        ``pretrained_cfg["label_names"]``).
 
     Raises:
         UnsupportedModelError: ``model`` is not one of these, or uses a setting timm's ViT
@@ -546,5 +549,22 @@ def _finish(source: nn.Module, target: nn.Module, written: set[int]) -> nn.Modul
     ref = next(source.parameters())
     target = target.to(device=ref.device, dtype=ref.dtype)
     target.train(source.training)
-    attach_preprocessing(target, get_adapter(source).preprocessing)
+    adapter = get_adapter(source)
+    attach_preprocessing(target, adapter.preprocessing)
+    names = adapter.class_names()
+    if names is not None:
+        _set_class_names(target, names)
     return target
+
+
+def _set_class_names(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Write class names where the model's framework keeps them: HF's ``config.id2label``
+    (and ``label2id``), timm's ``pretrained_cfg["label_names"]``."""
+    config: Any = getattr(model, "config", None)
+    if config is not None:
+        config.id2label = dict(enumerate(names))
+        config.label2id = {name: i for i, name in reversed(list(enumerate(names)))}
+        return
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.update(label_names=names, num_classes=len(names))
+    model.pretrained_cfg = cfg  # type: ignore[assignment]

@@ -21,6 +21,7 @@ from ._hf_shortcut import (
     legacy_prefix_rows,
     prefix_rows,
 )
+from ._labels import hf_class_names
 from ._preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 SUPPORTED = (
@@ -169,9 +170,9 @@ class HFViTAdapter(ModelAdapter):
     def num_classes(self) -> int:
         return int(self.config.num_labels)
 
-    def class_name(self, index: int) -> str:
-        labels = getattr(self.config, "id2label", None) or {}
-        return str(labels.get(index, labels.get(str(index), index)))
+    def class_names(self) -> tuple[str, ...] | None:
+        """The names in ``config.id2label`` (None when HF's ``LABEL_<i>`` placeholders)."""
+        return hf_class_names(self.config, self.num_classes)
 
     def blocks(self) -> list[BlockSources]:
         out = []

@@ -12,6 +12,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, model_lock
+from ._labels import timm_class_names
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 
@@ -110,6 +111,10 @@ class TimmViTAdapter(ModelAdapter):
     @property
     def num_classes(self) -> int:
         return int(self.model.num_classes)  # type: ignore[arg-type]
+
+    def class_names(self) -> tuple[str, ...] | None:
+        """``pretrained_cfg`` label names, else timm's ImageNet names for an ImageNet head."""
+        return timm_class_names(self.model, self.num_classes)
 
     def blocks(self) -> list[BlockSources]:
         out = []
