@@ -8,8 +8,23 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 
+import pytest
+import torch
+
+import xvit
+import xvit.api
+from conftest import MODEL_FACTORIES, model_input
 from xvit import _progress
+from xvit.methods.gradmask import GradMask
+from xvit.methods.vitcx import ViTCX
+
+BUILTINS = [
+    name
+    for name in xvit.list_methods()
+    if xvit.get_method(name).__module__.startswith("xvit.methods.")
+]
 
 
 class FakeTerminal(io.StringIO):
@@ -17,6 +32,20 @@ class FakeTerminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
+
+
+def quick(method: str) -> xvit.Explainer:
+    return xvit.make_explainer(method, **xvit.get_method(method).quick_params)
+
+
+def fixed_speed(monkeypatch: pytest.MonkeyPatch, seconds_per_forward: float) -> None:
+    """Make explain's measure of this device's speed return a fixed time per forward."""
+    real = xvit.api.timed_logits
+
+    def timed(adapter, x):
+        return real(adapter, x)[0], seconds_per_forward
+
+    monkeypatch.setattr(xvit.api, "timed_logits", timed)
 
 
 def counts(text: str, unit: str) -> list[float]:
@@ -67,3 +96,145 @@ def test_disabled_is_silent() -> None:
         p.update(2)
         p.close()
         assert stream.getvalue() == ""
+
+
+# --- xvit.explain --------------------------------------------------------------------------
+def test_explain_progress_true_reports_per_image(timm_vit, capsys, monkeypatch) -> None:
+    fixed_speed(monkeypatch, 1e-6)  # a short call: progress without an estimate line
+    x = model_input(timm_vit, batch=3)
+    xvit.explain("rise", timm_vit, x, num_masks=32, batch_size=8, progress=True)
+    err = capsys.readouterr().err
+    done = counts(err, "images")
+    assert "\r" not in err and err.startswith("xvit rise: ")
+    assert done == sorted(done) and done[-1] == 3
+    # the masked forwards move it within the one call: fractions of images along the way
+    assert len({d for d in done if 0 < d < 3}) >= 3
+    assert any(d != int(d) for d in done)
+
+
+def test_explain_is_silent_for_short_calls_and_with_progress_false(
+    timm_vit, capsys, monkeypatch
+) -> None:
+    fixed_speed(monkeypatch, 1e-6)
+    x = model_input(timm_vit, batch=2)
+    xvit.explain("gradmask", timm_vit, x)  # default: shown only for a long call
+    assert capsys.readouterr().err == ""
+    fixed_speed(monkeypatch, 1.0)  # now every call looks long
+    xvit.explain("rise", timm_vit, x, num_masks=32, progress=False)
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(xvit.ParameterError, match="progress must be"):
+        xvit.explain("rise", timm_vit, x, progress="yes")
+
+
+def test_estimate_line_for_a_long_call_only(timm_vit, capsys, monkeypatch) -> None:
+    fixed_speed(monkeypatch, 0.1)
+    x = model_input(timm_vit, batch=1)
+    xvit.explain("rise", timm_vit, x, num_masks=200)  # 200 forwards x 0.1 s: long
+    err = capsys.readouterr().err
+    first, *rest = err.splitlines()
+    assert first == "xvit: rise on 1 image: 200 forwards, about 20 s on cpu"
+    assert rest and rest[-1].startswith("xvit rise: 1/1 image (100%)")
+    xvit.explain("attention", timm_vit, x)  # one forward: short, silent
+    xvit.explain("rise", timm_vit, x, num_masks=20)  # 2 s: short, silent
+    assert capsys.readouterr().err == ""
+    fixed_speed(monkeypatch, 1.0)
+    xvit.explain("gradmask", timm_vit, model_input(timm_vit, batch=2))
+    first = capsys.readouterr().err.splitlines()[0]
+    blocks = xvit.get_adapter(timm_vit).geometry.num_blocks - 1  # GradMask's default
+    k = 3 * blocks * 4
+    seconds = 2 * (k + 3)  # a gradient pass counts as three forwards
+    assert first == (
+        f"xvit: gradmask on 2 images: up to {2 * k} forwards and 2 gradient passes, about "
+        f"{seconds} s on cpu"
+    )
+
+
+@pytest.mark.parametrize("method", BUILTINS)
+def test_maps_do_not_depend_on_progress(method: str, timm_vit, capsys, monkeypatch) -> None:
+    fixed_speed(monkeypatch, 1.0)  # long: the estimate's extra timing forward runs too
+    x = model_input(timm_vit, batch=2)
+    quiet = xvit.explain(quick(method), timm_vit, x, progress=False).map
+    shown = xvit.explain(quick(method), timm_vit, x, progress=True).map
+    assert torch.equal(quiet, shown)
+    assert "2/2 images (100%)" in capsys.readouterr().err
+    assert _progress.current_display() is None and _progress._METER.get() is None
+
+
+def test_nothing_is_left_behind_after_an_error(timm_vit, capsys, monkeypatch) -> None:
+    fixed_speed(monkeypatch, 1e-6)
+
+    class Halfway(xvit.Explainer):
+        name = "halfway-test"
+
+        def attribute(self, adapter, inputs, target):
+            _progress.count_forwards(1)
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        xvit.explain(Halfway(), timm_vit, model_input(timm_vit, batch=2), progress=True)
+    assert _progress.current_display() is None and _progress._METER.get() is None
+    # one forward of the two expected (one per image, the default cost): half-way, then it stops
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("xvit halfway-test: 1/2 images (50%) in ")
+
+
+# --- declared costs against the passes actually made ----------------------------------------
+def passes(model: torch.nn.Module, run: Callable[[], object]) -> tuple[int, int]:
+    """Images through the model's first block without and with gradients during ``run``."""
+    seen = {False: 0, True: 0}
+
+    def hook(_module, args):
+        seen[torch.is_grad_enabled()] += int(args[0].shape[0])
+
+    handle = xvit.get_adapter(model).blocks()[0].norm1.register_forward_pre_hook(hook)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[False], seen[True]
+
+
+@pytest.mark.parametrize("model_name", ["timm-vit", "hf-deit-teacher"])
+@pytest.mark.parametrize("method", BUILTINS)
+def test_declared_cost_counts_the_passes(method: str, model_name: str) -> None:
+    model = MODEL_FACTORIES[model_name]()
+    x = model_input(model, batch=2)
+    explainer = quick(method)
+    cost = explainer.cost(xvit.get_adapter(model).geometry, tuple(x.shape[-2:]))
+    forwards, gradient = passes(model, lambda: xvit.explain(explainer, model, x, progress=False))
+    forwards -= len(x)  # explain's own clean forward, for the targets
+    assert gradient == cost.gradient_passes * len(x)
+    if cost.at_most:
+        assert forwards <= cost.forwards * len(x)
+    else:
+        assert forwards == cost.forwards * len(x)
+
+
+def test_gradmask_forwards_every_distinct_mask_but_the_full_one(timm_vit) -> None:
+    x = model_input(timm_vit, batch=3)
+    adapter = xvit.get_adapter(timm_vit)
+    target = timm_vit(x).argmax(-1)
+    gm = GradMask()
+    masks = gm.masks(adapter, x, target)
+    distinct = sum(
+        len({tuple(m.flatten().tolist()) for m in image if not m.bool().all()}) for image in masks
+    )
+    forwards, gradient = passes(timm_vit, lambda: xvit.explain(gm, timm_vit, x, progress=False))
+    cost = gm.cost(adapter.geometry, tuple(x.shape[-2:]))
+    assert masks.shape[1] == cost.forwards  # K = 3 x |blocks| x M, the declared bound
+    assert forwards - len(x) == distinct <= cost.forwards * len(x)
+    assert gradient == len(x)
+
+
+def test_vitcx_forwards_two_per_cluster_and_one_per_image(timm_vit) -> None:
+    x = model_input(timm_vit, batch=2)
+    adapter = xvit.get_adapter(timm_vit)
+    merged = ViTCX(distance_threshold=0.3)
+    clusters = sum(len(c) for c in merged.cluster_masks(adapter, x))
+    forwards, _ = passes(timm_vit, lambda: xvit.explain(merged, timm_vit, x, progress=False))
+    assert forwards - len(x) == len(x) + 2 * clusters + len(x)
+    every = ViTCX(distance_threshold=0.0)  # no merging: exactly D masks, the declared count
+    cost = every.cost(adapter.geometry, tuple(x.shape[-2:]))
+    assert not cost.at_most
+    forwards, _ = passes(timm_vit, lambda: xvit.explain(every, timm_vit, x, progress=False))
+    assert forwards - len(x) == cost.forwards * len(x)
