@@ -121,9 +121,9 @@ def test_method_specific_params(checkpoint: Path, image: Path, tmp_path: Path, m
     seen: dict[str, dict] = {}
     real = xvit.api.explain
 
-    def spy(method, model, inputs, target=None, **params):
+    def spy(method, model, inputs, target=None, progress=None, **params):
         seen[method] = params
-        return real(method, model, inputs, target=target, **params)
+        return real(method, model, inputs, target=target, progress=progress, **params)
 
     monkeypatch.setattr(xvit, "explain", spy)
     result = CliRunner().invoke(

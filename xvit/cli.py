@@ -110,6 +110,12 @@ def _optional_registries() -> list[tuple[str, Any]]:
     "-p rise.num_masks=500 sets it for one method only (repeatable).",
 )
 @click.option("--grid", is_flag=True, help="Show the native patch grid instead of smoothing.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress per image on stderr (default: only for a run estimated to take long, "
+    "after a line with the estimate).",
+)
 @handle_errors
 def explain_cmd(
     images: tuple[str, ...],
@@ -120,6 +126,7 @@ def explain_cmd(
     out_dir: str,
     params: tuple[str, ...],
     grid: bool,
+    progress: bool | None,
 ) -> None:
     """Explain IMAGES: one overlay PNG per image for one method; for several methods one
     comparison grid, OUT/comparison.png (rows: images, columns: methods)."""
@@ -145,7 +152,7 @@ def explain_cmd(
     for name in names:
         own = {k: v for k, v in kwargs.items() if "." not in k}
         own.update({k.split(".", 1)[1]: v for k, v in kwargs.items() if k.startswith(f"{name}.")})
-        result = explain(name, net, list(images), target=target, **own)
+        result = explain(name, net, list(images), target=target, progress=progress, **own)
         results[name] = result
         if len(names) == 1:
             paths = save_overlays(
