@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import xvit
 import xvit.api
 from conftest import MODEL_FACTORIES, model_input
 from xvit import _progress
+from xvit.bench import run_benchmark
 from xvit.cli import main
 from xvit.methods.gradmask import GradMask
 from xvit.methods.vitcx import ViTCX
@@ -279,3 +281,55 @@ def test_cli_explain_estimate_and_progress(cli_files, tmp_path: Path, monkeypatc
     assert result.stderr.splitlines()[-1].startswith("xvit attention: 2/2 images (100%)")
     result = CliRunner().invoke(main, [*base, "-m", "rise", "-p", "num_masks=100", "--no-progress"])
     assert result.exit_code == 0 and result.stderr == ""
+
+
+# --- run_benchmark -------------------------------------------------------------------------
+class Sample:
+    def __init__(self, i: int) -> None:
+        rng = np.random.default_rng(i)
+        self.image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+        self.label = int(rng.integers(0, 5))
+        self.boxes = ((4.0, 4.0, 20.0, 20.0),)
+        self.id = f"img-{i}"
+
+
+def test_run_benchmark_with_progress_false_prints_nothing(timm_vit, capsys) -> None:
+    data = [Sample(i) for i in range(3)]
+    res = run_benchmark(
+        timm_vit, data, methods="random,attention", metrics="pointing_game", n=3, progress=False
+    )
+    assert capsys.readouterr() == ("", "")
+    assert "| attention |" in res.table
+
+
+def test_bench_off_a_terminal_writes_lines_and_the_table(timm_vit, capsys) -> None:
+    data = [Sample(i) for i in range(4)]
+    res = run_benchmark(
+        timm_vit,
+        data,
+        methods=["attention", GradMask(batch_size=8)],
+        metrics="pointing_game",
+        n=4,
+        batch_size=4,
+        progress=True,
+    )
+    out, err = capsys.readouterr()
+    assert res.table in out
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert all(line.startswith("xvit bench") for line in lines)
+    assert lines[-1].startswith("xvit bench [gradmask]: 8/8 expl (100%)")
+    # GradMask's masked forwards move the bar within its one call on the batch of 4 images
+    within = {d for d in counts(err.split("[gradmask]", 1)[1], "expl") if 4 < d < 8}
+    assert len(within) >= 2
+
+
+def test_bench_on_a_terminal_draws_a_bar_naming_the_method(timm_vit, monkeypatch) -> None:
+    tty = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", tty)
+    rise = quick("rise")
+    run_benchmark(
+        timm_vit, [Sample(0)], methods=[rise], metrics="pointing_game", n=1, progress=True
+    )
+    text = tty.getvalue()
+    assert "\r" in text and "xvit bench [rise]:" in text and text.endswith("\n")
