@@ -153,3 +153,23 @@ def test_method_specific_params(checkpoint: Path, image: Path, tmp_path: Path, m
         main, ["explain", str(image), "--model", str(checkpoint), "-p", "vitcx.noise_std=0.2"]
     )
     assert bad.exit_code == 2 and "vitcx" in bad.stderr
+
+
+def test_explain_estimate_and_progress(
+    checkpoint: Path, image: Path, tmp_path: Path, monkeypatch
+) -> None:
+    real = xvit.api.timed_logits  # the measured speed, fixed at 0.1 s per forward
+    monkeypatch.setattr(xvit.api, "timed_logits", lambda a, x: (real(a, x)[0], 0.1))
+    base = ["explain", str(image), str(image), "--model", str(checkpoint), "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, [*base, "-m", "rise", "-p", "num_masks=100"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == "xvit: rise on 2 images: 200 forwards, about 20 s on cpu"
+    assert lines[-1].startswith("xvit rise: 2/2 images (100%)")
+    assert "\r" not in result.stderr and "images (" not in result.stdout  # all on stderr
+    result = CliRunner().invoke(main, [*base, "-m", "attention"])
+    assert result.exit_code == 0 and result.stderr == ""
+    result = CliRunner().invoke(main, [*base, "-m", "attention", "--progress"])
+    assert result.stderr.splitlines()[-1].startswith("xvit attention: 2/2 images (100%)")
+    result = CliRunner().invoke(main, [*base, "-m", "rise", "-p", "num_masks=100", "--no-progress"])
+    assert result.exit_code == 0 and result.stderr == ""

@@ -1,4 +1,5 @@
-"""Progress and cost estimates: xvit.explain, xvit explain, run_benchmark and the display.
+"""Progress and cost estimates: the display, xvit.explain, declared costs, run_benchmark
+(``xvit explain`` is tested in test_cli.py).
 
 No assertion here depends on how fast the machine is: where an estimate matters, the measured
 time per forward is replaced by a fixed one.
@@ -10,12 +11,10 @@ import io
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 import xvit
@@ -23,7 +22,6 @@ import xvit.api
 from conftest import MODEL_FACTORIES, model_input
 from xvit import _progress
 from xvit.bench import run_benchmark
-from xvit.cli import main
 from xvit.methods.gradmask import GradMask
 from xvit.methods.vitcx import ViTCX
 
@@ -245,42 +243,6 @@ def test_vitcx_forwards_two_per_cluster_and_one_per_image(timm_vit) -> None:
     assert not cost.at_most
     forwards, _ = passes(timm_vit, lambda: xvit.explain(every, timm_vit, x, progress=False))
     assert forwards - len(x) == cost.forwards * len(x)
-
-
-# --- xvit explain --------------------------------------------------------------------------
-@pytest.fixture
-def cli_files(tmp_path: Path) -> tuple[Path, Path]:
-    ckpt = tmp_path / "tiny.safetensors"
-    kwargs = dict(num_classes=5, embed_dim=32, depth=3, num_heads=2, img_size=32, patch_size=8)
-    xvit.save_checkpoint(
-        MODEL_FACTORIES["timm-vit"](),
-        ckpt,
-        timm_name="vit_tiny_patch16_224",
-        model_kwargs=kwargs,
-        preprocessing=xvit.Preprocessing(size=(32, 32)),
-    )
-    image = tmp_path / "cat.png"
-    pixels = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(image)
-    return ckpt, image
-
-
-def test_cli_explain_estimate_and_progress(cli_files, tmp_path: Path, monkeypatch) -> None:
-    ckpt, image = cli_files
-    fixed_speed(monkeypatch, 0.1)
-    base = ["explain", str(image), str(image), "--model", str(ckpt), "--out", str(tmp_path)]
-    result = CliRunner().invoke(main, [*base, "-m", "rise", "-p", "num_masks=100"])
-    assert result.exit_code == 0, result.output
-    lines = result.stderr.splitlines()
-    assert lines[0] == "xvit: rise on 2 images: 200 forwards, about 20 s on cpu"
-    assert lines[-1].startswith("xvit rise: 2/2 images (100%)")
-    assert "\r" not in result.stderr and "xvit" not in result.stdout.split("->")[0]
-    result = CliRunner().invoke(main, [*base, "-m", "attention"])
-    assert result.exit_code == 0 and result.stderr == ""
-    result = CliRunner().invoke(main, [*base, "-m", "attention", "--progress"])
-    assert result.stderr.splitlines()[-1].startswith("xvit attention: 2/2 images (100%)")
-    result = CliRunner().invoke(main, [*base, "-m", "rise", "-p", "num_masks=100", "--no-progress"])
-    assert result.exit_code == 0 and result.stderr == ""
 
 
 # --- run_benchmark -------------------------------------------------------------------------
