@@ -65,7 +65,9 @@ class Explainer(Configurable, ABC):
     A method is configured by keyword arguments to ``__init__`` (validated there, with a
     :class:`~xvit.ParameterError` naming the problem and the valid range) and explains a batch
     with :meth:`attribute`: B preprocessed images and B target classes in, B saliency maps out
-    (B x h x w, at the method's native resolution, on the input's device).
+    (B x h x w, at the method's native resolution, on the input's device). :meth:`cost`
+    declares the passes through the model that one image takes, for the estimate and the
+    progress of long calls.
 
     Class attributes declare what the method is, for listings and for the runner:
 
