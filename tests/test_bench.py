@@ -89,7 +89,7 @@ def test_results_written_and_table_printed(model, tmp_path: Path, capsys) -> Non
         n=5,
         batch_size=2,
         out_dir=tmp_path,
-        progress=False,
+        progress=True,  # prints the table at the end
     )
     out = capsys.readouterr().out
     metrics = list_metrics()

@@ -127,10 +127,10 @@ def spies(monkeypatch) -> dict[str, list]:
         seen["loads"].append(args)
         return load(*args, **kwargs)
 
-    def explain_spy(method, model, inputs, target=None, **params):
+    def explain_spy(method, model, inputs, target=None, progress=None, **params):
         built = xvit.make_explainer(method, **params)
         seen["explained"].append((built.name, built.params()))
-        return explain(built, model, inputs, target=target)
+        return explain(built, model, inputs, target=target, progress=progress)
 
     monkeypatch.setattr(xvit, "load_model", load_spy)
     monkeypatch.setattr(xvit, "explain", explain_spy)
@@ -246,3 +246,23 @@ def test_comparison_grid_rows_are_labelled_with_file_names(
     single = CliRunner().invoke(main, [*args[:2], *args[3:], "--out", str(tmp_path / "o")])
     assert single.exit_code == 0, single.output
     assert labels[1] == [image.name]
+
+
+def test_explain_estimate_and_progress(
+    checkpoint: Path, image: Path, tmp_path: Path, monkeypatch
+) -> None:
+    real = xvit.api.timed_logits  # the measured speed, fixed at 0.1 s per forward
+    monkeypatch.setattr(xvit.api, "timed_logits", lambda a, x: (real(a, x)[0], 0.1))
+    base = ["explain", str(image), str(image), "--model", str(checkpoint), "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, [*base, "-m", "rise", "-p", "num_masks=100"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == "xvit: rise on 2 images: 200 forwards, about 20 s on cpu"
+    assert lines[-1].startswith("xvit rise: 2/2 images (100%)")
+    assert "\r" not in result.stderr and "images (" not in result.stdout  # all on stderr
+    result = CliRunner().invoke(main, [*base, "-m", "attention"])
+    assert result.exit_code == 0 and result.stderr == ""
+    result = CliRunner().invoke(main, [*base, "-m", "attention", "--progress"])
+    assert result.stderr.splitlines()[-1].startswith("xvit attention: 2/2 images (100%)")
+    result = CliRunner().invoke(main, [*base, "-m", "rise", "-p", "num_masks=100", "--no-progress"])
+    assert result.exit_code == 0 and result.stderr == ""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 
 from ._errors import ModelOutputError, ParameterError
 from ._inputs import prepare_inputs, resolve_targets
+from ._progress import Progress, current_display, format_duration, metering
 from .explanation import Explanation
-from .methods._base import Explainer
+from .methods._base import Cost, Explainer
 from .methods._registration import get_method
 from .models import get_adapter, model_lock, preserved_state
 
@@ -21,6 +23,13 @@ LOGITS_CHUNK = 64
 #: memory does not grow with the number of images. Every method's map of an image is
 #: independent of the other images in its call, so grouping does not change results.
 IMAGES_PER_CALL = 256
+
+#: A call estimated to take longer than this (seconds, on this device) prints its estimate
+#: and shows its progress unless ``progress=False``.
+LONG_RUN_S = 15.0
+#: Before announcing a long call, the forward is timed again on a batch that takes about this
+#: share of the estimated time (at most :data:`LOGITS_CHUNK` images).
+RETIME_SHARE = 0.02
 
 
 def make_explainer(method: str | type[Explainer] | Explainer, **params: Any) -> Explainer:
@@ -46,6 +55,8 @@ def explain(
     model: Any,
     inputs: Any,
     target: Any = None,
+    *,
+    progress: bool | None = None,
     **params: Any,
 ) -> Explanation:
     """Explain a model's decision on one image or a batch.
@@ -62,6 +73,14 @@ def explain(
             (HF ``config.id2label``; timm ``pretrained_cfg["label_names"]`` or its ImageNet
             head): exact matches first, then case-insensitive; a synonym of a label counts
             (``"tabby cat"`` for ``"tabby, tabby cat"``).
+        progress: Progress on stderr, image by image (fractions of an image for the methods
+            that score masks): a bar on a terminal, plain lines every tenth of the work
+            otherwise. None (default) shows it only for a call estimated to take more than
+            :data:`LONG_RUN_S` seconds, after one line with the estimate (``xvit: rise on 1
+            image: 4000 forwards, about 30 min on cpu``), from the method's declared
+            :meth:`~xvit.Explainer.cost` and the time of the clean forward this call makes
+            anyway. True always shows progress; False never writes anything. Inside a
+            benchmark run, progress goes to the run's display instead. Maps do not depend on it.
         **params: The method's parameters; unknown names raise an error listing valid ones.
 
     Returns:
@@ -83,6 +102,10 @@ def explain(
         >>> e.map.shape, e.targets.tolist()
         (torch.Size([1, 3, 3]), [2])
     """
+    if progress not in (None, True, False):
+        raise ParameterError(
+            f"progress must be None (only for long calls), True or False, got {progress!r}"
+        )
     explainer = make_explainer(method, **params)
     adapter = get_adapter(model)
     out_device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
@@ -90,21 +113,28 @@ def explain(
     device = adapter.device
     with model_lock(adapter.model), preserved_state(adapter.model):
         try:
-            with torch.inference_mode():
-                logits = torch.cat(
-                    [adapter.logits(part.to(device)) for part in x.split(LOGITS_CHUNK)]
-                )
+            logits, per_forward = timed_logits(adapter, x)
             names = adapter.class_names()
             targets = resolve_targets(target, logits, adapter.num_classes, names)
             probs = logits.float().softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
-            maps = torch.cat(
-                [
-                    explainer.attribute(adapter, part.to(device), part_targets).to(out_device)
+            cost = explainer.cost(adapter.geometry, (int(x.shape[-2]), int(x.shape[-1])))
+            display = current_display()
+            own = display is None
+            if display is None:
+                display = _display(explainer, adapter, x, cost, per_forward, progress)
+            try:
+                with metering(display, cost.forwards) as meter:
+                    parts = []
                     for part, part_targets in zip(
                         x.split(IMAGES_PER_CALL), targets.split(IMAGES_PER_CALL)
-                    )
-                ]
-            )
+                    ):
+                        with meter.part(len(part)):
+                            out = explainer.attribute(adapter, part.to(device), part_targets)
+                        parts.append(out.to(out_device))
+                    maps = torch.cat(parts)
+            finally:
+                if own:
+                    display.close()
         except ModelOutputError as exc:
             # say which method was running; chain the model's own error, if any, directly
             raise ModelOutputError(f"{explainer.name}: {exc}") from exc.__cause__
@@ -124,3 +154,55 @@ def explain(
         images=images,
         class_names=[names[t] if names else adapter.class_name(t) for t in targets.tolist()],
     )
+
+
+def timed_logits(adapter: Any, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The clean logits of ``x`` (read in chunks of :data:`LOGITS_CHUNK` on the model's
+    device) and the seconds they took per image: the measure of this device's speed that
+    :func:`explain`'s estimate uses."""
+    device = adapter.device
+    _sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        logits = torch.cat([adapter.logits(part.to(device)) for part in x.split(LOGITS_CHUNK)])
+    _sync(device)
+    return logits, (time.perf_counter() - start) / max(len(x), 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _display(
+    explainer: Explainer,
+    adapter: Any,
+    x: torch.Tensor,
+    cost: Cost,
+    per_forward: float,
+    progress: bool | None,
+) -> Progress:
+    """The progress display of one call, after the estimate line when the call is long.
+
+    The clean forward of a few images overstates the time per image of the methods' large
+    batches (and a first forward includes one-off set-up costs), so a call that looks long
+    is timed once more on a batch of copies of its first image, sized to take about
+    :data:`RETIME_SHARE` of the estimate, before it is announced; the faster time counts.
+    """
+    n = len(x)
+    seconds = cost.seconds(per_forward, n)
+    long = progress is not False and seconds > LONG_RUN_S
+    if long:
+        size = int(min(LOGITS_CHUNK, max(1, RETIME_SHARE * seconds / max(per_forward, 1e-9))))
+        probe = x[:1].expand(size, *x.shape[1:])
+        per_forward = min(per_forward, timed_logits(adapter, probe)[1])
+        seconds = cost.seconds(per_forward, n)
+        long = seconds > LONG_RUN_S
+    display = Progress(n, desc=f"xvit {explainer.name}", enabled=progress is True or long)
+    if long:
+        images = "1 image" if n == 1 else f"{n} images"
+        display.write(
+            f"xvit: {explainer.name} on {images}: {cost.describe(n)}, about "
+            f"{format_duration(seconds)} on {adapter.device}"
+        )
+    return display

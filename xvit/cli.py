@@ -152,6 +152,12 @@ def shipped_model_note() -> str:
     + param_help("method", "METHOD"),
 )
 @click.option("--grid", is_flag=True, help="Show the native patch grid instead of smoothing.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress per image on stderr (default: only for a run estimated to take long, "
+    "after a line with the estimate).",
+)
 @handle_errors
 def explain_cmd(
     images: tuple[str, ...],
@@ -162,6 +168,7 @@ def explain_cmd(
     out_dir: str,
     params: tuple[str, ...],
     grid: bool,
+    progress: bool | None,
 ) -> None:
     """Explain IMAGES: one overlay PNG per image for one method, OUT/<image>_<method>.png;
     for several methods one comparison grid, OUT/comparison.png (rows: images, labelled with
@@ -192,7 +199,7 @@ def explain_cmd(
     results = {}
     for explainer in explainers:
         name = explainer.name
-        result = explain(explainer, net, list(images), target=_target(target))
+        result = explain(explainer, net, list(images), target=_target(target), progress=progress)
         results[name] = result
         if len(explainers) == 1:
             paths = save_overlays(

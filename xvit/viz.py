@@ -848,7 +848,8 @@ def plot_curves(
         >>> data = [S(image=Image.new("RGB", (32, 32), (9 * i, 0, 0)), label=1, boxes=(),
         ...           id=str(i)) for i in range(3)]
         >>> r = run_benchmark(m, data, methods="attention,random", metrics="insertion,deletion",
-        ...                   n=3, progress=False)  # doctest: +ELLIPSIS
+        ...                   n=3, progress=False)
+        >>> print(r.table)  # doctest: +ELLIPSIS
         | method | n | insertion ↑ | deletion ↓ | time (s) | expl/s |
         ...
         >>> fig = plot_curves(r)

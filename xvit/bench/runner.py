@@ -25,6 +25,7 @@ import torch
 
 from .._errors import InvalidInputError, ModelOutputError, ParameterError
 from .._inputs import as_image
+from .._progress import Progress, reporting_to
 from ..api import explain, make_explainer
 from ..methods._base import Explainer
 from ..methods._registration import get_method, list_methods
@@ -75,7 +76,7 @@ class BenchmarkResults:
         config: The run's settings (model, dataset, target, seed, method and metric params).
         records: Per-image records of this run's images and methods (also the resumed ones).
         summaries: Per-method estimates, times and mean curves.
-        table: The Markdown table that was printed.
+        table: The Markdown table (printed at the end of a run with ``progress=True``).
         fractions: x positions of each curve metric's points.
         files: Paths of the files written (results, run, table, csv, json, curves).
 
@@ -88,7 +89,8 @@ class BenchmarkResults:
         >>> blank = Image.new("RGB", (32, 32))
         >>> data = [S(image=blank, label=0, boxes=(), id=str(i)) for i in range(2)]
         >>> r = run_benchmark(m, data, methods="random", metrics="insertion", n=2,
-        ...                   progress=False)  # doctest: +ELLIPSIS
+        ...                   progress=False)
+        >>> print(r.table)  # doctest: +ELLIPSIS
         | method | n | insertion ↑ | time (s) | expl/s |
         ...
         >>> r.summary("random").images, len(r.records), list(r.fractions)
@@ -343,16 +345,21 @@ def run_benchmark(
         resume: Skip (image id, method) pairs already in the folder's results files whose
             record has every requested metric; False moves old results aside (renamed with a
             time stamp) and starts over.
-        progress: Show a progress bar on stderr (rank 0 only when distributed).
+        progress: Report on the way and print the table at the end (rank 0 only when
+            distributed): progress over (image, method) pairs on stderr, moving within each
+            explanation call (fractions of an image for the methods that score masks) and
+            naming the method at work; a bar on a terminal, plain lines (every tenth of
+            the run, and at least every minute) otherwise. False prints nothing at all (the
+            table is in the result's ``table``).
         distributed: None: distributed when ``torchrun``'s environment (``RANK``,
             ``WORLD_SIZE`` > 1) or an initialised process group says so; False: never.
         timeout: Seconds a rank waits for the others at the start and at the end of a
             distributed run (the end waits for the slowest rank).
 
     Returns:
-        :class:`BenchmarkResults`; the table is also printed. In a distributed run only
-        rank 0 prints, writes the summary files and returns every image's records; the other
-        ranks return the records they computed and an empty table.
+        :class:`BenchmarkResults`; with ``progress`` the table is also printed. In a
+        distributed run only rank 0 prints it, writes the summary files and returns every
+        image's records; the other ranks return the records they computed and an empty table.
 
     Raises:
         InvalidInputError: Bad dataset items, an unreadable/corrupt results file.
@@ -369,7 +376,8 @@ def run_benchmark(
         >>> data = [S(image=Image.new("RGB", (40, 40)), label=1, boxes=((0, 0, 20, 20),),
         ...           id=f"img{i}") for i in range(2)]
         >>> r = run_benchmark(m, data, methods="random", metrics="pointing_game", n=2,
-        ...                   progress=False)  # doctest: +ELLIPSIS
+        ...                   progress=False)  # prints nothing
+        >>> print(r.table)  # doctest: +ELLIPSIS
         | method | n | pointing_game ↑ | time (s) | expl/s |
         ...
         >>> r.summary("random").images
@@ -480,7 +488,7 @@ class _Run:
             )
         mine = shard([by_id[i] for i in todo], ranks.rank, ranks.world_size)
         pairs = sum(len(todo[s.id]) for s in mine)
-        if ranks.distributed:
+        if ranks.distributed and progress:
             print(
                 f"xvit bench: rank {ranks.rank} of {ranks.world_size} ({adapter.device}): "
                 f"{len(mine)} of {len(todo)} images to do, {pairs} explanations",
@@ -497,7 +505,7 @@ class _Run:
             if failures:
                 message = failure_message(failures, ranks.world_size, self.out or Path("."))
                 raise RankFailedError(message) from self.last_error
-        return self._finish(samples, config)
+        return self._finish(samples, config, progress)
 
     def _config(self, adapter: ModelAdapter, model_desc: str, data_desc: str) -> dict[str, Any]:
         prep = adapter.preprocessing
@@ -565,7 +573,7 @@ class _Run:
         adapter: ModelAdapter,
         mine: Sequence[Any],
         todo: Mapping[str, list[str]],
-        bar: Any,
+        bar: Progress,
     ) -> dict[str, Any] | None:
         """Explain and score this rank's images; in a distributed run a failure is caught,
         announced to the other ranks and returned (a single-process run raises it)."""
@@ -610,8 +618,11 @@ class _Run:
             bar.close()
         return None
 
-    def _finish(self, samples: Sequence[Any], config: dict[str, Any]) -> BenchmarkResults:
-        """The summary: on rank 0 (or alone) from every results file, written and printed."""
+    def _finish(
+        self, samples: Sequence[Any], config: dict[str, Any], show: bool
+    ) -> BenchmarkResults:
+        """The summary: on rank 0 (or alone) from every results file, written, and printed
+        when ``show``."""
         ranks, out = self.ranks, self.out
         if not ranks.is_main:
             mine = list(self.done.values())
@@ -627,7 +638,8 @@ class _Run:
         summaries = summarize(selected, self.method_names, self.metric_names)
         higher = {m.name: m.higher_is_better for m in self.metric_list}
         table = markdown_table(summaries, self.metric_names, higher, self.notes)
-        print(table)
+        if show:
+            print(table)
         results = BenchmarkResults(config, selected, summaries, table, self.fractions)
         if out is not None:
             results.files["results"] = out / RESULTS_FILE
@@ -650,34 +662,11 @@ def _describe(error: BaseException | None) -> str | None:
     return f"{type(error).__name__}: {error}"
 
 
-def _progress_bar(total: int, initial: int, enabled: bool, ranks: Ranks) -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm ships with transformers
-        return _NullBar()
+def _progress_bar(total: int, initial: int, enabled: bool, ranks: Ranks) -> Progress:
     desc = "xvit bench"
     if ranks.distributed:
-        desc += f" [rank {ranks.rank}/{ranks.world_size}]"
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        file=sys.stderr,
-        desc=desc,
-        unit="expl",
-        dynamic_ncols=True,
-    )
-
-
-class _NullBar:
-    def update(self, _n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def set_postfix_str(self, _s: str) -> None:
-        pass
+        desc += f" (rank {ranks.rank}/{ranks.world_size})"
+    return Progress(total, desc=desc, unit="expl", plural="expl", initial=initial, enabled=enabled)
 
 
 def _run_batch(
@@ -688,7 +677,7 @@ def _run_batch(
     pending: Mapping[str, list[int]],
     seed: int,
     target: str,
-    bar: Any,
+    bar: Progress,
     emit: Callable[[dict[str, Any]], None],
     where: dict[str, Any] | None = None,
 ) -> None:
@@ -724,26 +713,27 @@ def _run_batch(
         idx = pending[explainer.name]
         if not idx:
             continue
-        bar.set_postfix_str(explainer.name)
+        bar.set_label(explainer.name)
         where.update(images=[batch[i].id for i in idx], method=explainer.name)
         sel = torch.tensor(idx, device=x.device)
         xs, ts = x[sel], targets[sel]
         _sync(adapter)
         t0 = time.perf_counter()
-        if type(explainer).randomized:
-            maps = torch.cat(
-                [
-                    explain(
-                        type(explainer).create(**{**explainer.params(), "seed": seeds[i]}),
-                        adapter,
-                        x[i : i + 1],
-                        target=targets[i : i + 1],
-                    ).map
-                    for i in idx
-                ]
-            )
-        else:
-            maps = explain(explainer, adapter, xs, target=ts).map
+        with reporting_to(bar):  # each explain call moves the bar by its images
+            if type(explainer).randomized:
+                maps = torch.cat(
+                    [
+                        explain(
+                            type(explainer).create(**{**explainer.params(), "seed": seeds[i]}),
+                            adapter,
+                            x[i : i + 1],
+                            target=targets[i : i + 1],
+                        ).map
+                        for i in idx
+                    ]
+                )
+            else:
+                maps = explain(explainer, adapter, xs, target=ts).map
         _sync(adapter)
         elapsed = time.perf_counter() - t0
         results = [
@@ -774,7 +764,6 @@ def _run_batch(
                 },
             }
             emit(record)
-        bar.update(len(idx))
 
 
 def explain_logits(adapter: ModelAdapter, x: torch.Tensor) -> torch.Tensor:

@@ -4,13 +4,59 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from .._configurable import Configurable
 from .._errors import ParameterError
-from ..models._base import ModelAdapter
+from ..models._base import Geometry, ModelAdapter
+
+#: A gradient pass costs about this many forwards: its forward plus a backward of about
+#: twice the forward's work.
+GRADIENT_PASS_FORWARDS = 3
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The passes through the model that explaining one image takes.
+
+    Attributes:
+        forwards: Forward passes without gradients (masked copies, captures).
+        gradient_passes: Forward passes followed by a backward.
+        at_most: True when the counts are an upper bound: the method skips work that it
+            finds redundant only while it runs (identical masks, fewer clusters).
+
+    Example:
+        >>> c = Cost(forwards=24, gradient_passes=1, at_most=True)
+        >>> c.describe(images=2), c.seconds(per_forward=0.5, images=2)
+        ('up to 48 forwards and 2 gradient passes', 27.0)
+    """
+
+    forwards: int = 0
+    gradient_passes: int = 0
+    at_most: bool = False
+
+    def seconds(self, per_forward: float, images: int = 1) -> float:
+        """Estimated time for ``images`` images at ``per_forward`` seconds per image-forward."""
+        work = self.forwards + GRADIENT_PASS_FORWARDS * self.gradient_passes
+        return images * work * per_forward
+
+    def describe(self, images: int = 1) -> str:
+        """The counts for ``images`` images in words."""
+        parts = []
+        if self.forwards:
+            parts.append(_count(images * self.forwards, "forward", "forwards"))
+        if self.gradient_passes:
+            n = images * self.gradient_passes
+            parts.append(_count(n, "gradient pass", "gradient passes"))
+        text = " and ".join(parts) or "no forward"
+        return f"up to {text}" if self.at_most else text
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 class Explainer(Configurable, ABC):
@@ -19,7 +65,9 @@ class Explainer(Configurable, ABC):
     A method is configured by keyword arguments to ``__init__`` (validated there, with a
     :class:`~xvit.ParameterError` naming the problem and the valid range) and explains a batch
     with :meth:`attribute`: B preprocessed images and B target classes in, B saliency maps out
-    (B x h x w, at the method's native resolution, on the input's device).
+    (B x h x w, at the method's native resolution, on the input's device). :meth:`cost`
+    declares the passes through the model that one image takes, for the estimate and the
+    progress of long calls.
 
     Class attributes declare what the method is, for listings and for the runner:
 
@@ -60,6 +108,20 @@ class Explainer(Configurable, ABC):
     ) -> torch.Tensor:
         """Saliency maps (B x h x w) for preprocessed ``inputs`` (B x C x H x W) on the
         model's device and integer ``target`` (B,). Runs with the model in eval mode."""
+
+    def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
+        """The passes through the model :meth:`attribute` makes per image, with these
+        parameters on a model of this geometry and inputs of ``input_size`` (H, W).
+
+        :func:`xvit.explain` uses it, with the time of one forward measured on the device,
+        to warn before a long run and to show progress within one. The default is one pass:
+        a gradient pass when the method declares ``needs_gradients``, else one forward.
+        Methods that make more override it (the shared mask-scoring kernel reports the
+        forwards it makes, so the progress of such methods moves within a batch).
+        """
+        if type(self).needs_gradients:
+            return Cost(gradient_passes=1)
+        return Cost(forwards=1)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

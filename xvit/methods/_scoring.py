@@ -13,6 +13,10 @@ Three entry points share one loop:
   carry different numbers of masks (ViT-CX's clusters) without padding.
 - :func:`sum_weighted_masks`: a stream of shared mask chunks (RISE's thousands of random
   masks), reduced on the fly to ``sum_k p_k * m_k`` so memory does not grow with the count.
+
+After each chunk the loop reports the forwards it made to the progress meter of the
+:func:`xvit.explain` call, if any (:func:`xvit._progress.count_forwards`), so that progress
+moves within a method's batch; the report only counts and changes no result.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .._errors import InvalidInputError, ParameterError
+from .._progress import count_forwards
 from ..models._base import ModelAdapter, check_finite_logits
 
 Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -245,6 +250,7 @@ def score_masks(
             x = perturb(inputs[img], m, idx)
             probs = forward(x).float().softmax(dim=-1)
             out[start : start + len(idx)] = probs.gather(1, target[img].unsqueeze(1)).squeeze(1)
+            count_forwards(len(idx))
     check_finite_logits(out, "masked copies of the images")
     return out if owner is not None else out.view(b, k)
 

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from .._errors import ParameterError
-from ..models._base import ModelAdapter
+from ..models._base import Geometry, ModelAdapter
 from ..models._capture import QKV, Capture
 from ._base import (
+    Cost,
     Explainer,
     check_batch_size,
     check_finite_number,
@@ -115,6 +116,13 @@ class GradMask(Explainer):
         self.batch_size = check_batch_size(batch_size, self.name)
         self.precision = check_precision(precision, self.name)
         self.compile = check_flag("compile", compile, self.name)
+
+    def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
+        """One gradient pass and at most K = 3 x |blocks| x M masked forwards per image
+        (identical masks and all-ones masks are not forwarded)."""
+        blocks = resolve_blocks(self.blocks, geometry.num_blocks, self.name)
+        k = len(QKV) * len(blocks) * self.masks_per_layer
+        return Cost(forwards=k, gradient_passes=1, at_most=True)
 
     def masks(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor

@@ -7,8 +7,8 @@ import hashlib
 import torch
 
 from .._errors import ParameterError
-from ..models._base import ModelAdapter
-from ._base import Explainer
+from ..models._base import Geometry, ModelAdapter
+from ._base import Cost, Explainer
 from ._registration import register_method
 
 
@@ -52,6 +52,10 @@ class RandomMap(Explainer):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ParameterError(f"random: seed must be a non-negative integer, got {seed!r}")
         self.seed = seed
+
+    def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
+        """No pass through the model."""
+        return Cost()
 
     def attribute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 import torch
 
 from .._errors import ParameterError
-from ..models._base import ModelAdapter
+from ..models._base import Geometry, ModelAdapter
 from ._base import (
+    Cost,
     Explainer,
     check_batch_size,
     check_finite_number,
@@ -141,6 +142,10 @@ class RISE(Explainer):
         self.batch_size = check_batch_size(batch_size, self.name)
         self.precision = check_precision(precision, self.name)
         self.compile = check_flag("compile", compile, self.name)
+
+    def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
+        """One masked forward per mask: ``num_masks`` forwards per image."""
+        return Cost(forwards=self.num_masks)
 
     # --- masks ----------------------------------------------------------------------------
     def cell_size(self, size: tuple[int, int]) -> tuple[int, int]:

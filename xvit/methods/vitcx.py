@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from .._errors import ParameterError
-from ..models._base import ModelAdapter
+from .._progress import expect_forwards
+from ..models._base import Geometry, ModelAdapter
 from ..models._capture import Capture
-from ._base import Explainer, check_batch_size, check_flag
+from ._base import Cost, Explainer, check_batch_size, check_flag
 from ._registration import register_method
 from ._scoring import Perturb, check_precision, score_masks
 from .gradcam import check_layer_param, resolve_layer, tokens_to_grid
@@ -143,6 +144,13 @@ class ViTCX(Explainer):
         self.precision = check_precision(precision, self.name)
         self.compile = check_flag("compile", compile, self.name)
 
+    def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
+        """One capture forward, two masked forwards per cluster mask and one clean forward
+        per image. There are at most D clusters (D = the hidden size, the width of the
+        default layer), exactly D when ``distance_threshold`` is 0."""
+        d = geometry.hidden_size
+        return Cost(forwards=1 + 2 * d + 1, at_most=self.distance_threshold > 0)
+
     def feature_masks(self, adapter: ModelAdapter, inputs: torch.Tensor) -> torch.Tensor:
         """Step 1-2: B x D x H x W soft masks from the layer's patch embeddings."""
         module = resolve_layer(adapter, self.layer, self.name)
@@ -222,6 +230,8 @@ class ViTCX(Explainer):
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         clusters = self.cluster_masks(adapter, inputs)
+        # now the number of masked forwards is known: two per cluster mask, one per image
+        expect_forwards(2 * sum(len(c) for c in clusters) + len(inputs))
         scores = self.scores(adapter, inputs, target, clusters)
         return torch.stack([combine(m, s) for m, s in zip(clusters, scores)]).to(inputs.dtype)
 
