@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import xvit
-from conftest import HF_CONFIG, MODEL_FACTORIES, NUM_CLASSES, model_input
+from conftest import DEPTH, HF_CONFIG, MODEL_FACTORIES, NUM_CLASSES, model_input
 
 ATOL = 1e-5
 
@@ -35,7 +35,7 @@ def _spread(model: nn.Module, seed: int = 0) -> nn.Module:
 def _hf(
     model_class: str,
     image_size: int | tuple[int, int] = 32,
-    depth: int = HF_CONFIG["num_hidden_layers"],
+    depth: int = DEPTH,
     **config: Any,
 ) -> nn.Module:
     import transformers
