@@ -111,10 +111,11 @@ def _rel(path: Path) -> str:
 
 @pytest.fixture
 def plugin_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The example plugin, installed for docs/plugins.md (as its reader would have it)."""
-    from test_plugin_example import activate, install_plugin
+    """The example plugin on the path for docs/plugins.md, as its reader has it installed."""
+    from test_plugin_example import lay_out_plugin, plugin_on_path
 
-    yield from activate(install_plugin(tmp_path_factory.mktemp("plugin")))
+    with plugin_on_path(lay_out_plugin(tmp_path_factory.mktemp("plugin"))):
+        yield
 
 
 @pytest.mark.parametrize("path", MARKDOWN, ids=_rel)

@@ -71,7 +71,7 @@ def _ln(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | None:
 
 
 def weights_of(model: nn.Module) -> Weights:
-    """Read a tiny timm or HF (5.x) ViT's parameters by their own names."""
+    """Read a tiny timm or HF (5.x or 4.x) ViT's parameters by their own names."""
     if type(model).__module__.startswith("timm."):
         return _timm_weights(model)
     return _hf_weights(model)
@@ -118,22 +118,32 @@ def _timm_weights(m) -> Weights:
     )
 
 
+def _hf_block(layer) -> Block:
+    """One encoder layer, in the transformers 5.x or (``attention.attention.query``) 4.x layout."""
+    attn = layer.attention
+    if hasattr(attn, "q_proj"):  # 5.x
+        q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
+    else:  # 4.x
+        q, k, v = attn.attention.query, attn.attention.key, attn.attention.value
+        o, fc1, fc2 = attn.output.dense, layer.intermediate.dense, layer.output.dense
+    return Block(
+        _ln(layer.layernorm_before),
+        _lin(q),
+        _lin(k),
+        _lin(v),
+        _lin(o),
+        _ln(layer.layernorm_after),
+        _lin(fc1),
+        _lin(fc2),
+    )
+
+
 def _hf_weights(m) -> Weights:
     bb = m.vit if hasattr(m, "vit") else m.deit
     emb = bb.embeddings
-    blocks = [
-        Block(
-            _ln(layer.layernorm_before),
-            _lin(layer.attention.q_proj),
-            _lin(layer.attention.k_proj),
-            _lin(layer.attention.v_proj),
-            _lin(layer.attention.o_proj),
-            _ln(layer.layernorm_after),
-            _lin(layer.mlp.fc1),
-            _lin(layer.mlp.fc2),
-        )
-        for layer in bb.layers
-    ]
+    layers = bb.layers if hasattr(bb, "layers") else bb.encoder.layer  # 5.x, 4.x
+    blocks = [_hf_block(layer) for layer in layers]
     tokens = [emb.cls_token.detach()]
     if getattr(emb, "distillation_token", None) is not None:
         tokens.append(emb.distillation_token.detach())

@@ -1,18 +1,21 @@
-"""The example plugin (examples/plugin) installs and shows up everywhere a built-in method does.
+"""The example plugin (examples/plugin) shows up everywhere a built-in method does.
 
-The package is installed for real (``pip install --no-deps --no-index``, no network) from a copy
-of its folder into a temporary target, which is put on ``sys.path``: xvit then finds the method
-only through the entry point that the example's own ``pyproject.toml`` declares.
+Nothing is installed: the fixture lays the package out as ``pip install`` would, in a temporary
+folder: a copy of its modules and a ``xvit_saliency-<version>.dist-info`` whose entry points are
+read from the example's own ``pyproject.toml``. With that folder first on ``sys.path``, xvit
+finds the method only through that entry point, whether or not the example is also installed
+in this environment (as a user following docs/plugins.md has it).
 """
 
 from __future__ import annotations
 
 import doctest
+import inspect
 import json
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,61 +24,76 @@ from click.testing import CliRunner
 
 import xvit
 from conftest import MODEL_FACTORIES, model_input
+from dist_info import on_sys_path, write_distribution
 from xvit.cli import main
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the dev extra installs tomli on 3.10
+    import tomli as tomllib
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 MODULE = "xvit_saliency"
+METHOD = "saliency"
 
 
-def install_plugin(tmp: Path) -> Path:
-    """Install examples/plugin into ``tmp/site`` (built from a copy, so the repository stays
-    clean) and return that folder."""
-    source = tmp / "plugin-src"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    site = tmp / "site"
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
-    cmd += ["--no-index", "--quiet", "--target", str(site), str(source)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+def lay_out_plugin(site: Path) -> Path:
+    """examples/plugin as ``pip install`` lays it out, in ``site``: its packages (from
+    ``[tool.setuptools.packages.find]``) and its dist-info (name, version and entry points
+    from ``[project]``). Returns ``site``."""
+    pyproject = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    for where in pyproject["tool"]["setuptools"]["packages"]["find"]["where"]:
+        for package in sorted((EXAMPLE / where).iterdir()):
+            if (package / "__init__.py").is_file():
+                ignore = shutil.ignore_patterns("__pycache__")
+                shutil.copytree(package, site / package.name, ignore=ignore)
+    write_distribution(site, project["name"], project["version"], project["entry-points"])
     return site
 
 
-def activate(site: Path) -> Iterator[None]:
-    """Put an installed plugin on the path for the duration of a test, then remove it."""
-    sys.path.insert(0, str(site))
-    xvit.methods.refresh()
-    try:
-        yield
-    finally:
-        sys.path.remove(str(site))
-        sys.modules.pop(MODULE, None)
-        if "saliency" in xvit.methods._entries:
-            xvit.methods.unregister("saliency")
-        xvit.methods.refresh()
+@contextmanager
+def plugin_on_path(site: Path, *, first: bool = True) -> Iterator[Path]:
+    """The plugin laid out in ``site`` on ``sys.path`` for the block (see ``on_sys_path``)."""
+    with on_sys_path(site, modules=[MODULE], methods=[METHOD], first=first) as path:
+        yield path
+
+
+def _origin() -> Path:
+    """The file the registered ``saliency`` method was loaded from."""
+    return Path(inspect.getfile(xvit.get_method(METHOD)))
 
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_plugin(tmp_path_factory.mktemp("plugin"))
+    return lay_out_plugin(tmp_path_factory.mktemp("plugin"))
 
 
 @pytest.fixture
 def plugin(plugin_site: Path) -> Iterator[None]:
-    yield from activate(plugin_site)
+    with plugin_on_path(plugin_site):
+        yield
 
 
-def test_installed_through_its_entry_point(plugin_site: Path) -> None:
-    assert "saliency" not in xvit.list_methods()  # not before it is on the path
+@pytest.mark.parametrize("also_installed", [False, True], ids=["as-is", "installed-copy"])
+def test_found_through_its_entry_point(
+    plugin_site: Path, also_installed: bool, tmp_path: Path
+) -> None:
     entry = next(plugin_site.glob("xvit_saliency-*.dist-info")) / "entry_points.txt"
-    assert "[xvit.methods]" in entry.read_text()
-    gen = activate(plugin_site)
-    next(gen)
-    try:
-        cls = xvit.get_method("saliency")
-        assert cls.__module__ == MODULE and cls.name == "saliency"
-    finally:
-        gen.close()
-    assert "saliency" not in xvit.list_methods()  # and gone again afterwards
+    assert "[xvit.methods]\nsaliency = xvit_saliency:Saliency\n" in entry.read_text()
+    with ExitStack() as stack:
+        if also_installed:  # another copy behind site-packages, already loaded, as a user has it
+            stack.enter_context(plugin_on_path(lay_out_plugin(tmp_path), first=False))
+            assert METHOD in xvit.list_methods()  # loaded from an installed copy
+        before = xvit.list_methods()
+        origin = _origin() if METHOD in before else None
+        with plugin_on_path(plugin_site):
+            assert METHOD in xvit.list_methods()
+            cls = xvit.get_method(METHOD)
+            assert cls.__module__ == MODULE and cls.name == METHOD
+            assert _origin().is_relative_to(plugin_site)  # through this dist-info's entry point
+        assert xvit.list_methods() == before  # and afterwards xvit sees what it saw before
+        assert (_origin() if METHOD in before else None) == origin
 
 
 def test_shown_by_xvit_list(plugin) -> None:

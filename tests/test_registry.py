@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import xvit
+from dist_info import on_sys_path, write_distribution
 from xvit._registry import Registry
 from xvit.cli import main
 
@@ -84,10 +84,8 @@ def test_no_suggestion_for_a_name_like_none() -> None:
 
 def _write_plugin(root: Path, dist: str, module: str, source: str, entry: str) -> None:
     (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[xvit.methods]\n{entry}\n")
+    name, value = (part.strip() for part in entry.split("="))
+    write_distribution(root, dist, "1.0", {"xvit.methods": {name: value}})
 
 
 @pytest.fixture
@@ -122,17 +120,9 @@ def plugin_path(tmp_path: Path):
         "raise ImportError('this plugin is broken on purpose')\n",
         "broken = xvit_broken_plugin:Nothing",
     )
-    sys.path.insert(0, str(tmp_path))
-    xvit.methods.refresh()
-    try:
+    modules = ["xvit_centre_plugin", "xvit_broken_plugin"]
+    with on_sys_path(tmp_path, modules=modules, methods=["centre"]):
         yield tmp_path
-    finally:
-        sys.path.remove(str(tmp_path))
-        for name in ("xvit_centre_plugin", "xvit_broken_plugin"):
-            sys.modules.pop(name, None)
-        if "centre" in xvit.methods._entries:
-            xvit.methods.unregister("centre")
-        xvit.methods.refresh()
 
 
 def test_plugin_found_usable_and_broken_one_skipped(plugin_path: Path, timm_vit) -> None:

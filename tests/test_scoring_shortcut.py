@@ -9,23 +9,16 @@ back), and that it steps aside wherever it cannot be exact.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from test_hf_legacy import (  # legacy_site: module fixture, transformers 4.46.3
-    LEGACY_CONFIG,
-    legacy_site,  # noqa: F401
-    run_with_transformers_4,
-)
 from torch import nn
 
 import xvit
-from conftest import DEPTH, HEADS, HIDDEN, MODEL_FACTORIES, NUM_CLASSES, model_input
+from conftest import DEPTH, HF_CONFIG, MODEL_FACTORIES, NUM_CLASSES, model_input
 
 ATOL = 1e-5
 
@@ -49,15 +42,7 @@ def _hf(
 
     config_class = "ViTConfig" if model_class.startswith("ViT") else "DeiTConfig"
     cfg = getattr(transformers, config_class)(
-        hidden_size=HIDDEN,
-        num_hidden_layers=depth,
-        num_attention_heads=HEADS,
-        intermediate_size=4 * HIDDEN,
-        image_size=image_size,
-        patch_size=8,
-        num_labels=NUM_CLASSES,
-        layer_norm_eps=1e-6,
-        **config,
+        **{**HF_CONFIG, "num_hidden_layers": depth}, image_size=image_size, **config
     )
     torch.manual_seed(0)
     return _spread(getattr(transformers, model_class)(cfg))
@@ -103,6 +88,11 @@ def mlp_rows(
         yield seen
 
 
+def _mlp_attr(adapter: Any) -> str:
+    """The MLP's first module in an HF layer: ``mlp`` (5.x) or ``intermediate`` (4.x)."""
+    return "intermediate" if adapter.legacy_layout else "mlp"
+
+
 def _check_scoring(
     model: nn.Module,
     monkeypatch: pytest.MonkeyPatch,
@@ -113,9 +103,10 @@ def _check_scoring(
     adapter = adapter or xvit.get_adapter(model)
     x = model_input(model, batch=batch)
     layers = adapter.layers  # type: ignore[attr-defined]
-    with torch.no_grad(), mlp_rows(monkeypatch, layers) as scoring_rows:
+    mlp = _mlp_attr(adapter)
+    with torch.no_grad(), mlp_rows(monkeypatch, layers, mlp) as scoring_rows:
         fast = adapter.scoring_logits(x)
-    with torch.no_grad(), mlp_rows(monkeypatch, layers) as forward_rows:
+    with torch.no_grad(), mlp_rows(monkeypatch, layers, mlp) as forward_rows:
         plain = adapter.forward_logits(x)
     assert fast.shape == plain.shape == (batch, NUM_CLASSES)
     assert plain.abs().max() > 0.1  # the logits are not all near zero
@@ -290,87 +281,42 @@ def _timm_rows(
     return scoring, forward
 
 
-# --- transformers 4.x layout ------------------------------------------------------------------
-LEGACY_SCRIPT = r"""
-import json, sys
-import torch, transformers, xvit
-
-report = {"version": transformers.__version__, "cases": []}
-base = json.loads(sys.argv[1])
-cases = [
-    ("ViTConfig", "ViTForImageClassification", [32, 32], 1),
-    ("DeiTConfig", "DeiTForImageClassification", [32, 32], 1),
-    ("DeiTConfig", "DeiTForImageClassificationWithTeacher", [24, 40], 2),
-]
-for impl in ("eager", "sdpa"):
-    for config_name, model_name, size, keep in cases:
-        config = getattr(transformers, config_name)(
-            **base, image_size=size, attn_implementation=impl
-        )
-        torch.manual_seed(0)
-        model = getattr(transformers, model_name)(config).eval()
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
-        adapter = xvit.get_adapter(model)
-        layers = adapter.layers
-        index = {id(layer.intermediate): i for i, layer in enumerate(layers)}
-        cls = type(layers[0].intermediate)
-        original = cls.forward
-        seen = []
-
-        def spy(self, hidden_states):
-            if index.get(id(self)) == len(layers) - 1:
-                seen.append(int(hidden_states.shape[1]))
-            return original(self, hidden_states)
-
-        cls.forward = spy
-        x = torch.randn(3, 3, *size, generator=g)
-        try:
-            with torch.no_grad():
-                fast = adapter.scoring_logits(x)
-                rows_fast = list(seen)
-                seen.clear()
-                plain = adapter.forward_logits(x)
-                rows_plain = list(seen)
-                seen.clear()
-                model.train()
-                trained = adapter.scoring_logits(x)
-                rows_train = list(seen)
-                model.eval()
-        finally:
-            cls.forward = original
-        report["cases"].append({
-            "impl": impl,
-            "model": model_name,
-            "attention": type(layers[-1].attention.attention).__name__,
-            "legacy": adapter.legacy_layout,
-            "keep": keep,
-            "n": adapter.geometry.num_tokens(),
-            "diff": (fast - plain).abs().max().item(),
-            "train_diff": (trained - plain).abs().max().item(),
-            "scale": plain.abs().max().item(),
-            "rows_fast": rows_fast,
-            "rows_plain": rows_plain,
-            "rows_train": rows_train,
-        })
-print(json.dumps(report))
-"""
+# --- transformers 4.x layout (run by .ci/run in its transformers 4 environment) ---------------
+@pytest.mark.transformers4
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize(
+    ("model_class", "size", "keep"),
+    [
+        ("ViTForImageClassification", 32, 1),
+        ("DeiTForImageClassification", 32, 1),
+        ("DeiTForImageClassificationWithTeacher", (24, 40), 2),
+    ],
+)
+def test_legacy_layout_shortcut(
+    impl: str,
+    model_class: str,
+    size: int | tuple[int, int],
+    keep: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _hf(model_class, size, attn_implementation=impl)
+    adapter: Any = xvit.get_adapter(model)
+    assert adapter.legacy_layout
+    family = "ViT" if model_class.startswith("ViT") else "DeiT"
+    attention = type(adapter.layers[-1].attention.attention).__name__
+    assert attention == f"{family}{'Sdpa' if impl == 'sdpa' else ''}SelfAttention"
+    n = adapter.geometry.num_tokens()
+    scoring, forward = _check_scoring(model, monkeypatch)
+    assert forward == [[n]] * len(forward)
+    assert scoring == [[n]] * (len(scoring) - 1) + [[keep]]
+    model.train()  # dropout probabilities are 0: deterministic, and the plain forward
+    _assert_falls_back(model, monkeypatch)
 
 
-@pytest.mark.slow
-def test_legacy_layout_shortcut(legacy_site: Path) -> None:  # noqa: F811
-    base = LEGACY_CONFIG
-    proc = run_with_transformers_4(legacy_site, LEGACY_SCRIPT, json.dumps(base))
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["version"] == "4.46.3"
-    attentions = {case["attention"] for case in report["cases"]}
-    assert attentions >= {"ViTSelfAttention", "ViTSdpaSelfAttention", "DeiTSdpaSelfAttention"}
-    for case in report["cases"]:
-        assert case["legacy"], case
-        assert case["scale"] > 0.1 and case["diff"] <= ATOL, case
-        assert case["rows_fast"] == [case["keep"]], case
-        assert case["rows_plain"] == [case["n"]] == case["rows_train"], case
-        assert case["train_diff"] <= ATOL, case  # training mode: the plain forward
+@pytest.mark.transformers4
+def test_legacy_conftest_models_take_the_shortcut(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, keep in [("hf-vit", 1), ("hf-deit", 1), ("hf-deit-teacher", 2)]:
+        model = MODEL_FACTORIES[name]()
+        assert xvit.get_adapter(model).legacy_layout, name  # type: ignore[attr-defined]
+        scoring, _ = _check_scoring(model, monkeypatch)
+        assert scoring[-1] == [keep], name
