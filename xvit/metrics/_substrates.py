@@ -43,11 +43,15 @@ SUBSTRATES = ("blur", "zero", "black", "mean", "random", "rise_blur", "scalar_me
 PER_POINT = ("randn",)
 
 
-def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:
-    """A sampled 1-D Gaussian of odd length ``kernel_size``, normalised to sum 1 (float64)."""
-    half = (kernel_size - 1) / 2
-    x = torch.linspace(-half, half, kernel_size, dtype=torch.float64)
-    pdf = torch.exp(-0.5 * (x / sigma) ** 2)
+def gaussian_kernel1d(kernel_size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """A sampled 1-D Gaussian of odd length ``kernel_size``, normalised to sum 1, in ``dtype``.
+
+    Computed in the image's dtype, as torchvision's ``gaussian_blur`` does, so that the two
+    agree to the last bit or two.
+    """
+    half = (kernel_size - 1) * 0.5
+    x = torch.linspace(-half, half, kernel_size, dtype=dtype)
+    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
     return pdf / pdf.sum()
 
 
@@ -87,7 +91,7 @@ def rise_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
-    """Blur a B x C x H x W batch channel by channel (separable kernel, reflect padding)."""
+    """Blur a B x C x H x W batch channel by channel (outer-product kernel, reflect padding)."""
     b, c, h, w = x.shape
     pad = kernel_size // 2
     if pad >= h or pad >= w:
@@ -95,11 +99,11 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tens
             f"blur kernel {kernel_size} is too large for a {h}x{w} input (reflect padding "
             f"needs kernel_size // 2 < height and width); use a smaller blur_kernel"
         )
-    k = gaussian_kernel1d(kernel_size, sigma).to(device=x.device, dtype=x.dtype)
+    k = gaussian_kernel1d(kernel_size, sigma, x.dtype).to(x.device)
+    kernel = k.view(-1, 1) * k.view(1, -1)
     flat = x.reshape(b * c, 1, h, w)
     flat = F.pad(flat, (pad, pad, pad, pad), mode="reflect")
-    flat = F.conv2d(flat, k.view(1, 1, 1, -1))
-    flat = F.conv2d(flat, k.view(1, 1, -1, 1))
+    flat = F.conv2d(flat, kernel.view(1, 1, kernel_size, kernel_size))
     return flat.reshape(b, c, h, w)
 
 
