@@ -43,7 +43,11 @@ def digits() -> tuple[torch.nn.Module, torch.Tensor, list[int], torch.Tensor]:
 def vit224() -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, num_classes=5, embed_dim=32, depth=1,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=5,
+        embed_dim=32,
+        depth=1,
         num_heads=2,
     ).eval()
 
@@ -128,8 +132,13 @@ def test_rise_protocol_equals_rise_code(size: int, maps: str, substrate: str) ->
         res = metric(protocol="rise", substrate=substrate, step=step)(model, x, targets, sal)
         for i, target in enumerate(targets):
             ref = rise_single_run(
-                model, x[i : i + 1].clone(), explanations[i], target, step,
-                substrates[substrate], mode,
+                model,
+                x[i : i + 1].clone(),
+                explanations[i],
+                target,
+                step,
+                substrates[substrate],
+                mode,
             )
             np.testing.assert_allclose(res.curves[i].numpy(), ref, atol=TOL, rtol=0)
             assert abs(res.scores[i].item() - rise_auc(ref)) < TOL

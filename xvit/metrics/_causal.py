@@ -237,7 +237,9 @@ def causal_curves(
             im, pt = rest // points, rest % points
             changed = (ranks[im] < count.unsqueeze(1)).view(-1, 1, h, w)
             sub = substrate[im, pt] if per_point else substrate[im]
-            batch = torch.where(changed, x[im], sub) if insertion else torch.where(changed, sub, x[im])
+            batch = (
+                torch.where(changed, x[im], sub) if insertion else torch.where(changed, sub, x[im])
+            )
             probs = adapter.logits(batch, check_finite=False).float().softmax(dim=-1)
             values[start : start + len(key)] = probs.gather(1, target[im].unsqueeze(1)).squeeze(1)
     f_lo, f_hi = values.double()[inverse]
