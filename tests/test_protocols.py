@@ -121,7 +121,7 @@ def rise_auc(arr: np.ndarray) -> float:
 @pytest.mark.parametrize("substrate", ["blur", "zero"])
 def test_rise_protocol_equals_rise_code(size: int, maps: str, substrate: str) -> None:
     model, x, targets, sal = case(size, maps)
-    step = size * 4 if size == 64 else size * 16  # few steps keep the test fast
+    step = size * 8 if size == 64 else size * 16  # few steps keep the test fast
     kern = rise_gkern(11, 5, x.shape[1])
     substrates = {
         "blur": lambda t: F.conv2d(t, kern, padding=11 // 2),
