@@ -107,12 +107,12 @@ def test_one_hot_weight_with_matching_map_gives_known_aucs() -> None:
     assert dele.scores.item() == pytest.approx(0.125)
 
 
-def test_ties_are_broken_in_raster_order() -> None:
+def test_ties_raster_option_breaks_ties_in_raster_order() -> None:
     # a constant map reveals the image row by row from the top: pixel (2, 1) arrives at step 3
     adapter = WeightedPixels(one_hot(4, 4, 2, 1))
     flat = torch.full((1, 4, 4), 0.3)
-    ins = Insertion(substrate="zero")(adapter, ones(4, 4), [0], flat)
-    dele = Deletion(substrate="zero")(adapter, ones(4, 4), [0], flat)
+    ins = Insertion(substrate="zero", ties="raster")(adapter, ones(4, 4), [0], flat)
+    dele = Deletion(substrate="zero", ties="raster")(adapter, ones(4, 4), [0], flat)
     assert ins.curves[0].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
     assert dele.curves[0].tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
     assert ins.scores.item() == pytest.approx(0.375)
@@ -120,8 +120,31 @@ def test_ties_are_broken_in_raster_order() -> None:
     # ties inside a patch of a coarse map: also raster order within the tied pixels
     coarse = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])  # top-right 2x2 block first
     adapter = WeightedPixels(one_hot(4, 4, 1, 3))  # the last pixel of that block
-    ins = Insertion(substrate="zero", step=1)(adapter, ones(4, 4), [0], coarse)
+    ins = Insertion(substrate="zero", step=1, ties="raster")(adapter, ones(4, 4), [0], coarse)
     assert ins.curves[0, :5].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_default_ties_rule_never_splits_a_tie_group() -> None:
+    # a constant map: the whole image is one group, so the curve is the straight line from
+    # nothing changed to everything changed, wherever the weighted pixel sits
+    for row, col in ((0, 0), (2, 1), (3, 3)):
+        adapter = WeightedPixels(one_hot(4, 4, row, col))
+        flat = torch.full((1, 4, 4), 0.3)
+        ins = Insertion(substrate="zero")(adapter, ones(4, 4), [0], flat)
+        dele = Deletion(substrate="zero")(adapter, ones(4, 4), [0], flat)
+        assert ins.curves[0].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+        assert dele.curves[0].tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+        assert ins.scores.item() == pytest.approx(0.5)
+    # a coarse map: the top-right block (4 pixels) is one group; at 1, 2, 3 pixels the value
+    # is interpolated between the block absent (0) and present (the block's weight, 1)
+    coarse = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    adapter = WeightedPixels(one_hot(4, 4, 1, 3))
+    ins = Insertion(substrate="zero", step=1)(adapter, ones(4, 4), [0], coarse)
+    assert ins.curves[0, :6].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    # the same map transposed: the same curve (the score depends on values, not positions)
+    adapter_t = WeightedPixels(one_hot(4, 4, 3, 1))
+    ins_t = Insertion(substrate="zero", step=1)(adapter_t, ones(4, 4), [0], coarse.mT)
+    assert ins_t.curves.tolist() == ins.curves.tolist()
 
 
 @pytest.mark.parametrize("step", [None, 1, 3, 5, 16])
@@ -133,8 +156,8 @@ def test_curves_are_cumulative_weight_in_saliency_order(step: int | None) -> Non
     sal = torch.rand(2, h, w, generator=g)
     sal[1, :2] = 0.5  # ties
     adapter = WeightedPixels(weights)
-    ins = Insertion(substrate="zero", step=step)(adapter, ones(h, w, 2), [0, 0], sal)
-    dele = Deletion(substrate="zero", step=step)(adapter, ones(h, w, 2), [0, 0], sal)
+    ins = Insertion(substrate="zero", step=step, ties="raster")(adapter, ones(h, w, 2), [0, 0], sal)
+    dele = Deletion(substrate="zero", step=step, ties="raster")(adapter, ones(h, w, 2), [0, 0], sal)
     # reference from the definition: counts 0, s, 2s, ..., all pixels (last step may be short)
     s = step or w
     counts = np.minimum(np.arange(0, math.ceil(h * w / s) + 1) * s, h * w)
@@ -156,24 +179,38 @@ def test_gradmask_protocol_points_and_settings() -> None:
     g = torch.Generator().manual_seed(2)
     weights = torch.rand(h, w, generator=g, dtype=torch.float64)
     weights /= weights.sum()
-    sal = torch.rand(1, h, w, generator=g)
+    sal = torch.rand(1, h, w, generator=g)  # tie-free: every order is the same
     metric = Insertion(protocol="gradmask", substrate="black")
     assert metric.substrate == "zero"  # the authors' "black" is 0 in normalised space
     assert (metric.blur_kernel, metric.blur_sigma) == (15, 7.0)
     assert Deletion(protocol="gradmask").substrate == "zero"
     assert Insertion(protocol="gradmask").substrate == "blur"
-    res = metric(WeightedPixels(weights), ones(h, w), [0], sal)
-    pct = [0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
-    np.testing.assert_allclose(res.fractions.numpy(), np.array(pct) / 100)
+    assert Insertion(protocol="gradmask", substrate="mean").substrate == "scalar_mean"
+    assert Insertion(protocol="gradmask", substrate="random").substrate == "randn"
+    assert Insertion(protocol="gradmask").ties == "argsort"
+    adapter = WeightedPixels(weights)
+    res = metric(adapter, ones(h, w), [0], sal)
+    dele = Deletion(protocol="gradmask")(adapter, ones(h, w), [0], sal)
+    pct = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]  # no 0 % point
+    x = np.array(pct) / 100
+    np.testing.assert_allclose(res.fractions.numpy(), x)
     order = np.argsort(-sal[0].numpy().ravel(), kind="stable")
     cum = np.concatenate([[0.0], np.cumsum(weights.numpy().ravel()[order])])
-    np.testing.assert_allclose(res.curves[0].numpy(), np.clip(cum[pct], 0, 1), atol=1e-6)
-    assert res.scores.item() == pytest.approx(
-        trapezoid(np.clip(cum[pct], 0, 1), np.array(pct) / 100), abs=1e-6
+    ins_ref, del_ref = np.clip(cum[pct], 0, 1), np.clip(1 - cum[pct], 0, 1)
+    np.testing.assert_allclose(res.curves[0].numpy(), ins_ref, atol=1e-6)
+    np.testing.assert_allclose(dele.curves[0].numpy(), del_ref, atol=1e-6)
+    # insertion: area from 1 % on; deletion: (0, 0) prepended, as utils.plot_auc_line
+    assert res.scores.item() == pytest.approx(trapezoid(ins_ref, x), abs=1e-6)
+    assert dele.scores.item() == pytest.approx(
+        trapezoid(np.r_[0.0, del_ref], np.r_[0.0, x]), abs=1e-6
     )
-    # custom fractions must include both ends
+    # custom fractions must include both ends (xvit), lie in (0, 1] (gradmask)
     with pytest.raises(xvit.ParameterError, match="from 0 to 1"):
         Insertion(fractions=(0.1, 0.5, 1.0))
+    with pytest.raises(xvit.ParameterError, match=r"within \(0, 1\]"):
+        Insertion(protocol="gradmask", fractions=(0.0, 0.5, 1.0))
+    with pytest.raises(xvit.ParameterError, match="instead of step"):
+        Insertion(protocol="gradmask", step=4)
 
 
 def test_functional_twins_match_the_classes() -> None:
@@ -232,8 +269,8 @@ def test_matches_rise_style_loop_on_a_vit(substrate: str) -> None:
     target = [1, 4]
     sal = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(4))
     sal_up = sal.repeat_interleave(8, 1).repeat_interleave(8, 2)  # nearest, 8 px patches
-    ins = Insertion(substrate=substrate, batch_size=16)(model, x, target, sal)
-    dele = Deletion(substrate=substrate, batch_size=16)(model, x, target, sal)
+    ins = Insertion(substrate=substrate, batch_size=16, ties="raster")(model, x, target, sal)
+    dele = Deletion(substrate=substrate, batch_size=16, ties="raster")(model, x, target, sal)
     sub = reference_substrate(substrate, x, adapter.preprocessing, 11, 5.0)
     step = x.shape[-1]
     ref_ins = rise_loop(model, x, target, sal_up, sub, x, step)

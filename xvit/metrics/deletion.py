@@ -20,8 +20,8 @@ class Deletion(CausalMetric):
     Starts from the image and replaces its pixels by the substrate (by default ``"zero"``, the
     normalisation mean colour) in decreasing order of saliency, one image row of pixels per
     step by default; the score is the area under the target probability against the fraction
-    of pixels removed, both ends included, by the trapezoidal rule. Lower is better. Pixels of
-    equal saliency are removed in raster order (stable sort). The parameters are those of
+    of pixels removed, both ends included, by the trapezoidal rule. Lower is better. A group of
+    pixels of equal saliency is never split (``ties="groups"``). The parameters are those of
     :class:`~xvit.metrics._causal.CausalMetric`.
 
     References:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .._errors import ParameterError
 from ..explanation import Explanation
 from ._base import (
     UPSAMPLE_MODES,
@@ -22,7 +23,14 @@ from ._boxes import box_masks, require_boxes
 from ._registration import register_metric
 from .pointing_game import _map_size
 
-NORMALIZATIONS = ("minmax", "clamp", "none")
+NORMALIZATIONS = ("minmax", "clamp", "abs", "none")
+#: Presets: (upsample, normalize, max_box_fraction). "tis" is Transformer Input Sampling's
+#: metrics/pointing_game.py (EnergyBasedPointingGame, max_overlap=0.5; maps resized with
+#: torchvision's bilinear Resize; energy of |saliency|).
+EPG_PROTOCOLS: dict[str, tuple[str, str, float | None]] = {
+    "xvit": ("nearest", "minmax", None),
+    "tis": ("bilinear", "abs", 0.5),
+}
 
 
 def _energy_maps(maps: torch.Tensor, normalize: str) -> torch.Tensor:
@@ -34,6 +42,8 @@ def _energy_maps(maps: torch.Tensor, normalize: str) -> torch.Tensor:
         flat = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, 1.0), 0.0)
     elif normalize == "clamp":
         flat = flat.clamp_min(0)
+    elif normalize == "abs":
+        flat = flat.abs()
     return flat.view_as(maps)
 
 
@@ -44,6 +54,7 @@ def energy_pointing_game(
     size: tuple[int, int] | None = None,
     upsample: str = "nearest",
     normalize: str = "minmax",
+    max_box_fraction: float | None = None,
 ) -> torch.Tensor:
     """Per-image share of saliency energy inside the ground-truth boxes, in [0, 1].
 
@@ -55,11 +66,16 @@ def energy_pointing_game(
             own size).
         upsample: How maps reach ``size``.
         normalize: ``"minmax"`` (default, as Score-CAM, whose maps are min-max scaled before
-            the game), ``"clamp"`` (negative values count as 0) or ``"none"``.
+            the game), ``"clamp"`` (negative values count as 0), ``"abs"`` (absolute
+            values, as TIS) or ``"none"``.
+        max_box_fraction: TIS's large-box rule: NaN for an image whose boxes cover at least
+            this fraction of the input (TIS: 0.5); None (default) scores every image.
+            ``EnergyPointingGame(protocol="tis")`` sets it.
 
     Returns:
-        (B,) float64; NaN for an image without a box, or whose map carries no energy (a
-        constant map under min-max scaling, or a total that is not positive).
+        (B,) float64; NaN for an image without a box, whose map carries no energy (a
+        constant map under min-max scaling, or a total that is not positive), or whose
+        boxes are too large under ``max_box_fraction``.
 
     Example:
         >>> import torch
@@ -69,6 +85,7 @@ def energy_pointing_game(
         [0.5]
     """
     normalize = check_choice("normalize", normalize, NORMALIZATIONS, "energy_pointing_game")
+    max_box_fraction = _check_fraction(max_box_fraction)
     h, w = _map_size(a_batch, size)
     maps = _energy_maps(saliency_at(a_batch, (h, w), upsample).cpu(), normalize)
     b = maps.shape[0]
@@ -77,8 +94,21 @@ def energy_pointing_game(
     total = flat.sum(dim=1)
     inside = (flat * masks).sum(dim=1)
     defined = masks.any(dim=1) & (total > 0)
+    if max_box_fraction is not None:
+        defined &= masks.double().mean(dim=1) < max_box_fraction
     share = inside / torch.where(total > 0, total, 1.0)
     return torch.where(defined, share, torch.full_like(share, math.nan))
+
+
+def _check_fraction(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ParameterError(
+            f"energy_pointing_game: max_box_fraction must be a positive number (a share of "
+            f"the input; math.inf for no limit) or None, got {value!r}"
+        )
+    return float(value)
 
 
 @register_metric
@@ -91,8 +121,14 @@ class EnergyPointingGame(Metric):
     box or maps without energy; the aggregate is the mean over the rest.
 
     Args:
-        upsample: How maps reach input resolution (``"nearest"`` by default).
-        normalize: ``"minmax"`` (default), ``"clamp"`` or ``"none"``.
+        protocol: ``"xvit"`` (default: nearest upsampling, min-max scaling, every box
+            scored) or ``"tis"`` (Transformer Input Sampling's evaluation: bilinear
+            upsampling, energy of the absolute values, NaN for boxes covering >= 50 % of
+            the image). The options below left at None take the protocol's value.
+        upsample: How maps reach input resolution.
+        normalize: ``"minmax"``, ``"clamp"``, ``"abs"`` or ``"none"``.
+        max_box_fraction: NaN for images whose boxes cover at least this fraction of the
+            input (None: the protocol's; ``math.inf`` switches the rule off).
 
     References:
         H. Wang, Z. Wang, M. Du, F. Yang, Z. Zhang, S. Ding, P. Mardziel, X. Hu, "Score-CAM:
@@ -113,9 +149,23 @@ class EnergyPointingGame(Metric):
     higher_is_better = True
     needs_boxes = True
 
-    def __init__(self, *, upsample: str = "nearest", normalize: str = "minmax") -> None:
+    def __init__(
+        self,
+        *,
+        protocol: str = "xvit",
+        upsample: str | None = None,
+        normalize: str | None = None,
+        max_box_fraction: float | None = None,
+    ) -> None:
+        self.protocol = check_choice("protocol", protocol, tuple(EPG_PROTOCOLS), self.name)
+        preset_upsample, preset_normalize, preset_fraction = EPG_PROTOCOLS[self.protocol]
+        upsample = preset_upsample if upsample is None else upsample
+        normalize = preset_normalize if normalize is None else normalize
         self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES, self.name)
         self.normalize = check_choice("normalize", normalize, NORMALIZATIONS, self.name)
+        if max_box_fraction is None:
+            max_box_fraction = preset_fraction
+        self.max_box_fraction = _check_fraction(max_box_fraction)
 
     def __call__(
         self,
@@ -131,6 +181,11 @@ class EnergyPointingGame(Metric):
         s_batch = require_boxes(s_batch, self.name)
         size = (int(x_batch.shape[-2]), int(x_batch.shape[-1]))
         scores = energy_pointing_game(
-            a_batch, s_batch, size=size, upsample=self.upsample, normalize=self.normalize
+            a_batch,
+            s_batch,
+            size=size,
+            upsample=self.upsample,
+            normalize=self.normalize,
+            max_box_fraction=self.max_box_fraction,
         )
         return MetricResult(self.name, scores)

@@ -20,10 +20,10 @@ class Insertion(CausalMetric):
     Starts from the substrate (by default a Gaussian blur of the image) and reveals the image's
     pixels in decreasing order of saliency, one image row of pixels per step by default; the
     score is the area under the target probability against the fraction of pixels revealed,
-    both ends included, by the trapezoidal rule. Higher is better. Pixels of equal saliency are
-    revealed in raster order (stable sort). The parameters are those of
-    :class:`~xvit.metrics._causal.CausalMetric` (``protocol="gradmask"`` reproduces the
-    GradMask authors' evaluation).
+    both ends included, by the trapezoidal rule. Higher is better. A group of pixels of equal
+    saliency is never split (``ties="groups"``). The parameters are those of
+    :class:`~xvit.metrics._causal.CausalMetric` (``protocol="rise"`` and
+    ``protocol="gradmask"`` reproduce those authors' evaluation code).
 
     References:
         V. Petsiuk, A. Das, K. Saenko, "RISE: Randomized Input Sampling for Explanation of
@@ -65,6 +65,6 @@ def insertion(
         ...                       img_size=32, patch_size=8)
         >>> insertion(m, torch.randn(1, 3, 32, 32), 0, torch.rand(1, 4, 4),
         ...           protocol="gradmask").fractions.shape
-        torch.Size([13])
+        torch.Size([12])
     """
     return Insertion.create(**params)(model, x_batch, y_batch, a_batch, seeds=seeds)
