@@ -520,3 +520,16 @@ def test_table_footer_states_the_pointing_game_tolerance(model) -> None:
     sharp = xvit.metrics.PointingGame(tolerance=1)
     res = run_benchmark(model, data, methods="random", metrics=[sharp], n=2, progress=False)
     assert "within 1.0 px" in res.table and "set by the tolerance parameter" in res.table
+
+
+def test_table_footer_states_the_insertion_and_deletion_protocols(model) -> None:
+    data = fake_dataset(2)
+    ins = xvit.metrics.Insertion(step=64)  # 2 rows of the 32 px test input
+    dele = xvit.metrics.Deletion(protocol="gradmask")
+    res = run_benchmark(model, data, methods="random", metrics=[ins, dele], n=2, progress=False)
+    footer = res.table.splitlines()[-2:]
+    assert footer[0].startswith("insertion: protocol 'xvit', blur substrate, 17 curve points")
+    assert "steps of 2 rows of 32 px" in footer[0] and "tied pixels: groups" in footer[0]
+    assert footer[1].startswith("deletion: protocol 'gradmask'") and "12 curve points" in footer[1]
+    assert "tied pixels: argsort" in footer[1]
+    assert res.config["notes"] == footer

@@ -369,6 +369,32 @@ class CausalMetric(Metric):
             )
         return values
 
+    def footnote(self, input_size: tuple[int, int]) -> str:
+        """The protocol behind the scores on inputs of ``input_size``: its name, substrate,
+        curve points and tie rule, so that a results table says how it was made.
+
+        Example:
+            >>> from xvit.metrics import Insertion
+            >>> print(Insertion(step=128).footnote((64, 64)).replace(", t", ",\\nt"))
+            insertion: protocol 'xvit', blur substrate, 33 curve points (steps of 2 rows of 64 px),
+            tied pixels: groups (see docs/metrics.md).
+        """
+        h, w = input_size
+        points = int(self.counts(h, w).numel())
+        if self.fractions is not None:
+            spacing = "at " + ", ".join(f"{100 * f:g}" for f in self.fractions) + " % of the pixels"
+        else:
+            step = self.step or w
+            spacing = (
+                f"steps of {step // w} row{'s' if step // w > 1 else ''} of {w} px"
+                if step % w == 0
+                else f"steps of {step} px"
+            )
+        return (
+            f"{self.name}: protocol {self.protocol!r}, {self.substrate} substrate, {points} "
+            f"curve points ({spacing}), tied pixels: {self.ties} (see docs/metrics.md)."
+        )
+
     def counts(self, height: int, width: int) -> torch.Tensor:
         """(S,) pixels changed at each curve point for an input of this size."""
         if self.fractions is not None:
