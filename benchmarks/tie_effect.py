@@ -2,10 +2,10 @@
 
 The shipped ``xvit:digits-vit`` explains N held-out digits (the test split, its labels as
 targets) with every registered method, at the digits benchmark's settings
-(:func:`xvit.demo.demo_methods`: RISE with 500 masks); each map is then scored by Insertion and Deletion
-under the ``"rise"`` protocol (one row of 64 pixels per step, blur / zero substrates) and
-the ``"gradmask"`` protocol (1, 5, 10, ..., 100 %, the authors' black baseline) with three
-tie rules:
+(:func:`xvit.demo.demo_methods`: RISE with 500 masks); each map is then scored by Insertion
+and Deletion under the ``"rise"`` protocol (one row of 64 pixels per step, blur / zero
+substrates) and the ``"gradmask"`` protocol (1, 5, 10, ..., 100 %, the authors' black
+baseline) with three tie rules:
 
   * ``argsort``: the authors' order (numpy's default, non-stable ``argsort``), what the
     protocols use;
