@@ -1,0 +1,89 @@
+"""How a component runs its model forwards: inputs per forward, precision, compilation.
+
+Methods that score masked images and metrics that score perturbed images both run many
+forwards of the model. Their three knobs live in one object, :class:`ForwardOptions`, with
+one constraint each, so that they mean the same thing everywhere:
+
+- ``batch_size``: model inputs (masked or perturbed images) per forward pass, or "auto" to
+  size it from free device memory (64 on a CPU). It never means images explained per call:
+  the benchmark's ``images_per_call`` sizes that.
+- ``precision``: "fp32", or "bf16" for bfloat16 autocast of those forwards.
+- ``compile``: whether those forwards go through ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._constraints import Flag, Integer, Literal, OneOf, Rule, Spec, check_params
+
+#: The precisions a forward can run in.
+PRECISIONS = ("fp32", "bf16")
+
+#: Inputs per forward on a CPU under ``batch_size="auto"``.
+CPU_AUTO_BATCH = 64
+
+#: Upper bound of an "auto" batch on an accelerator.
+MAX_AUTO_BATCH = 1024
+
+#: Constraints of the three options, for the tables of the classes that take them.
+FORWARD_CONSTRAINTS: dict[str, Spec] = {
+    "batch_size": Rule(
+        Integer(low=1), Literal("auto"), note="it counts model inputs per forward pass"
+    ),
+    "precision": OneOf(*PRECISIONS),
+    "compile": Flag(),
+}
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """Inputs per forward, precision and compilation of a component's forwards.
+
+    Example:
+        >>> ForwardOptions(batch_size=32, precision="bf16")
+        ForwardOptions(batch_size=32, precision='bf16', compile=False)
+        >>> ForwardOptions(batch_size=0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        xvit._errors.ParameterError: forward options: batch_size must be a positive integer ...
+    """
+
+    batch_size: int | str = 64
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        values = {
+            "batch_size": self.batch_size,
+            "precision": self.precision,
+            "compile": self.compile,
+        }
+        for key, value in check_params("forward options", FORWARD_CONSTRAINTS, values).items():
+            object.__setattr__(self, key, value)
+
+    def inputs_per_forward(self, device: torch.device, per_input_bytes: int) -> int:
+        """The concrete batch size: ``batch_size``, or for "auto" one sized from the free
+        memory of ``device`` (activations of a ViT forward are about 40x the input; half of
+        the free memory is kept free), at most :data:`MAX_AUTO_BATCH`;
+        :data:`CPU_AUTO_BATCH` on a CPU."""
+        return resolve_batch_size(self.batch_size, device, per_input_bytes)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments (``batch_size=..., precision=..., compile=...``)."""
+        return {"batch_size": self.batch_size, "precision": self.precision, "compile": self.compile}
+
+
+def resolve_batch_size(batch_size: int | str, device: torch.device, per_input_bytes: int) -> int:
+    """A concrete number of inputs per forward for ``batch_size`` (see
+    :meth:`ForwardOptions.inputs_per_forward`)."""
+    if batch_size != "auto":
+        return int(batch_size)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        estimate = max(1, int(free * 0.5 // max(per_input_bytes * 40, 1)))
+        return int(min(estimate, MAX_AUTO_BATCH))
+    return CPU_AUTO_BATCH
