@@ -38,6 +38,7 @@ from .models import (
     save_checkpoint,
     timm_to_hf,
 )
+from .zero_shot import zero_shot
 
 __version__ = "0.1.0"
 
@@ -72,4 +73,5 @@ __all__ = [
     "save_checkpoint",
     "score_masks",
     "timm_to_hf",
+    "zero_shot",
 ]
