@@ -483,12 +483,12 @@ def test_cli_sets_metric_parameters(bench_args: list[str], tmp_path: Path) -> No
 def test_cli_checks_names_and_parameters_before_the_model_loads(
     bench_args: list[str], args: list[str], says: str, monkeypatch
 ) -> None:
-    import xvit.bench.runner
+    import xvit.bench._specs
 
     def no_load(*_a, **_k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(xvit.bench.runner, "load_model", no_load)
+    monkeypatch.setattr(xvit.bench._specs, "load_model", no_load)
     result = CliRunner().invoke(bench_command, [*bench_args, *args])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error:") and says in result.output, result.output

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import click
 
-from .._cli_support import DEFAULT_MODEL, Selection, build, handle_errors, param_help
+from .._cli_options import (
+    batch_size_option,
+    device_option,
+    images_option,
+    model_option,
+    out_option,
+    param_option,
+)
+from .._cli_support import Selection, build, handle_errors
 
 DEFAULT_DATA = "digits"
 
 
 @click.command("bench")
-@click.option(
-    "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="timm:<name>, hf:<repo id>, an alias (xvit:digits-vit, ...) or a checkpoint.",
-)
+@model_option()
 @click.option(
     "--data",
     default=DEFAULT_DATA,
@@ -36,25 +39,12 @@ DEFAULT_DATA = "digits"
 @click.option(
     "--metrics", default="all", show_default=True, help="Comma-separated metric names, or 'all'."
 )
-@click.option(
-    "--n",
-    "-n",
-    "--images",
-    "n",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    help="Number of images (the first N of the dataset). Under torchrun write -n or "
-    "--images: torchrun's own parser takes --n for an abbreviation of its options.",
+@images_option(
+    "Number of images (the first N of the dataset). Under torchrun write -n or --images: "
+    "torchrun's own parser takes --n for an abbreviation of its options."
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Images per explanation call.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, ...")
+@batch_size_option(16)
+@device_option
 @click.option(
     "--seed",
     type=int,
@@ -69,27 +59,16 @@ DEFAULT_DATA = "digits"
     show_default=True,
     help="Explain the true label or the predicted class.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    default="xvit-bench",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder for results.jsonl, table.md, summary.csv/json and curves.png.",
-)
+@out_option("xvit-bench", "Folder for results.jsonl, table.md, summary.csv/json and curves.png.")
 @click.option(
     "--no-resume",
     is_flag=True,
     help="Start over (old results are renamed with a time stamp, never deleted).",
 )
-@click.option(
-    "--param",
-    "-p",
-    "params",
-    multiple=True,
-    metavar="[NAME.]KEY=VALUE",
-    help="A method or metric parameter, e.g. -p gradmask.masks_per_layer=1 or "
-    "-p pointing_game.tolerance=2. " + param_help("method or metric", "NAME"),
+@param_option(
+    "method or metric",
+    "NAME",
+    "-p gradmask.masks_per_layer=1 or -p pointing_game.tolerance=2",
 )
 @click.option(
     "--timeout",
