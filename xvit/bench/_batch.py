@@ -78,16 +78,9 @@ class PreparedBatch:
         targets = (
             torch.tensor(labels, device=x.device) if target == "label" else predictions.clone()
         )
-        return cls(
-            samples=samples,
-            x=x,
-            labels=labels,
-            targets=targets,
-            predictions=predictions,
-            probabilities=probabilities,
-            boxes=[prep.transform_boxes(s.boxes, img.size) for s, img in zip(samples, images)],
-            seeds=[image_seed(seed, s.id) for s in samples],
-        )
+        boxes = [prep.transform_boxes(s.boxes, img.size) for s, img in zip(samples, images)]
+        seeds = [image_seed(seed, s.id) for s in samples]
+        return cls(samples, x, labels, targets, predictions, probabilities, boxes, seeds)
 
     def records(
         self,

@@ -7,6 +7,8 @@ The same command runs distributed under ``torchrun`` (see ``docs/distributed.md`
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from .._cli_options import (
@@ -18,6 +20,8 @@ from .._cli_options import (
     param_option,
 )
 from .._cli_support import Selection, build, handle_errors
+from ._config import TARGETS
+from .runner import run_benchmark
 
 DEFAULT_DATA = "digits"
 
@@ -28,7 +32,8 @@ DEFAULT_DATA = "digits"
     "--data",
     default=DEFAULT_DATA,
     show_default=True,
-    help="Dataset name, optionally with options: 'imagenet:root=DIR,index_file=F'.",
+    help="Dataset name, optionally with options: 'imagenet:root=DIR,index_file=F' (values "
+    "read as for -p).",
 )
 @click.option(
     "--methods",
@@ -54,7 +59,7 @@ DEFAULT_DATA = "digits"
 )
 @click.option(
     "--target",
-    type=click.Choice(["label", "prediction"]),
+    type=click.Choice(TARGETS),
     default="label",
     show_default=True,
     help="Explain the true label or the predicted class.",
@@ -84,15 +89,9 @@ def bench_command(
     data: str,
     methods: str,
     metrics: str,
-    n: int,
-    batch_size: int,
-    device: str,
-    seed: int,
-    target: str,
-    out_dir: str,
-    no_resume: bool,
     params: tuple[str, ...],
-    timeout: float,
+    no_resume: bool,
+    **options: Any,
 ) -> None:
     """Evaluate explanation methods with metrics and print a method x metric table.
 
@@ -103,7 +102,6 @@ def bench_command(
     """
     from ..methods import methods as method_registry
     from ..metrics import metrics as metric_registry
-    from .runner import run_benchmark
 
     explainers, metric_list = build(
         [
@@ -112,20 +110,10 @@ def bench_command(
         ],
         params,
     )
+    # the other options (--n, --batch-size, --device, --seed, --target, --out, --timeout)
+    # are named as run_benchmark's keywords
     results = run_benchmark(
-        model,
-        data,
-        methods=explainers,
-        metrics=metric_list,
-        n=n,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        target=target,
-        out_dir=out_dir,
-        resume=not no_resume,
-        progress=True,
-        timeout=timeout,
+        model, data, explainers, metric_list, resume=not no_resume, progress=True, **options
     )
     for name, path in results.files.items():
         click.echo(f"{name}: {path}", err=True)
