@@ -483,12 +483,12 @@ def test_cli_sets_metric_parameters(bench_args: list[str], tmp_path: Path) -> No
 def test_cli_checks_names_and_parameters_before_the_model_loads(
     bench_args: list[str], args: list[str], says: str, monkeypatch
 ) -> None:
-    import xvit.bench.runner
+    import xvit.bench._specs
 
     def no_load(*_a, **_k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(xvit.bench.runner, "load_model", no_load)
+    monkeypatch.setattr(xvit.bench._specs, "load_model", no_load)
     result = CliRunner().invoke(bench_command, [*bench_args, *args])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error:") and says in result.output, result.output
@@ -533,3 +533,24 @@ def test_table_footer_states_the_insertion_and_deletion_protocols(model) -> None
     assert footer[1].startswith("deletion: protocol 'gradmask'") and "12 curve points" in footer[1]
     assert "tied pixels: argsort" in footer[1]
     assert res.config["notes"] == footer
+
+
+def test_dataset_options_are_read_by_the_rule_of_p() -> None:
+    from xvit._settings import parse_settings, parse_spec
+    from xvit.bench.runner import load_samples
+
+    items = ["root=/data/x.y", "index-file=s.txt", "n=50", "scale=0.5", "flag=True"]
+    name, options = parse_spec("imagenet:" + ",".join(items), what="option", example="x:n=1")
+    assert name == "imagenet"
+    assert options == {
+        "root": "/data/x.y",
+        "index_file": "s.txt",
+        "n": 50,
+        "scale": 0.5,
+        "flag": True,
+    }
+    assert options == {s.key: s.value for s in parse_settings(items)}
+    with pytest.raises(xvit.ParameterError, match="dataset option 'n' is not KEY=VALUE; write"):
+        load_samples("digits:n", 1)
+    with pytest.raises(xvit.ParameterError, match=r"dataset option 'a\.n=1' is not KEY=VALUE"):
+        load_samples("digits:a.n=1", 1)

@@ -47,6 +47,8 @@ def test_gallery_cells_carry_insertion_and_deletion_aucs(model) -> None:
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0].startswith(f"input\nclass {samples[0].label}, p=")
     assert "xvit:digits-vit on held-out digits" in fig.texts[0].get_text()
+    said = "target class, insertion (higher is better) and deletion (lower is better) AUC per cell"
+    assert fig.texts[0].get_text().endswith(said)  # from the metrics' declared metadata
     width = xvit.get_adapter(model).preprocessing.size[1]
     steps = dict(step=demo.DEMO_ROWS_PER_STEP * width)
     for row, sample in enumerate(samples):

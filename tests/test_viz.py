@@ -346,6 +346,32 @@ def test_plot_curves_needs_curves() -> None:
         plot_curves(summaries, {})
 
 
+def test_curve_panels_titles_and_axes_come_from_the_metric_classes() -> None:
+    curves = {"mine": [0.5, 0.5], "deletion": [0.9, 0.1], "insertion": [0.1, 0.9]}
+    records = [
+        {"id": str(i), "method": "m", "time_s": 1.0, "scores": {}, "curves": curves}
+        for i in range(2)
+    ]
+    summaries = summarize(records, ["m"], list(curves))
+    fractions = {"mine": [0.0, 1.0], "deletion": [0.0, 1.0], "insertion": [0.0, 1.0]}
+    fig = plot_curves(summaries, fractions)  # an unregistered curve metric comes last
+    assert [(a.get_title(), a.get_xlabel()) for a in fig.axes] == [
+        ("insertion (higher AUC is better)", "fraction of pixels inserted"),
+        ("deletion (lower AUC is better)", "fraction of pixels deleted"),
+        ("mine", "fraction of pixels changed"),
+    ]
+
+
+def test_cells_abbreviate_metrics_by_their_declared_short_names() -> None:
+    _, x, e = _explained()
+    aucs = {"attention": {"pointing_game": [1.0, 0.0], "energy_pointing_game": [0.5, 0.25]}}
+    fig = compare(x, {"attention": e}, aucs, colorbar=False)
+    assert fig.axes[1].get_title() == "attention\npg 1.00  energy_pointing_game 0.50"
+    with pytest.warns(DeprecationWarning, match="short_name"):
+        from xvit.viz import METRIC_ABBREVIATIONS
+    assert METRIC_ABBREVIATIONS == {"deletion": "del", "insertion": "ins", "pointing_game": "pg"}
+
+
 def test_time_chart_bars_are_seconds_per_image() -> None:
     summaries = summarize(_records(), ["good", "poor"], ["insertion"])
     ax = plot_times(summaries).axes[0]

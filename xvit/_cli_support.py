@@ -1,13 +1,14 @@
-"""What every ``xvit`` command shares: the default model, error handling, and the one rule for
-choosing methods and metrics by name and setting their parameters with ``-p``.
+"""What every ``xvit`` command shares: error handling, and the one rule for choosing methods
+and metrics by name and setting their parameters with ``-p`` (read by
+:func:`xvit._settings.parse_settings`).
 
 Kept apart from :mod:`xvit.cli` so that commands defined elsewhere (``xvit bench``,
-``xvit demo``) use it without importing the command group.
+``xvit demo``) use it without importing the command group; the options they share are in
+:mod:`xvit._cli_options`.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import sys
 import traceback
@@ -20,11 +21,10 @@ import click
 from ._configurable import Configurable
 from ._errors import ParameterError, XvitError
 from ._registry import Registry
+from ._settings import Setting, parse_settings
 from ._suggest import did_you_mean
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_MODEL = "xvit:digits-vit"
 
 
 def handle_errors(fn: F) -> F:
@@ -55,71 +55,6 @@ def handle_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
-
-
-def parse_value(raw: str) -> Any:
-    """A command-line value: a Python literal when it parses, else the string itself.
-
-    Example:
-        >>> parse_value("8"), parse_value("[0, 1]"), parse_value("bf16")
-        (8, [0, 1], 'bf16')
-    """
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw
-
-
-def param_help(kinds: str, placeholder: str) -> str:
-    """How ``-p`` reads, for the help of a command that runs ``kinds`` ("method").
-
-    Example:
-        >>> param_help("method", "METHOD").split(";")[0]
-        'METHOD.KEY=VALUE sets KEY of the method METHOD'
-    """
-    return (
-        f"{placeholder}.KEY=VALUE sets KEY of the {kinds} {placeholder}; a bare KEY=VALUE sets "
-        f"KEY of every selected {kinds} that has it (an error if none has). VALUE is a Python "
-        f"literal when it parses (8, 0.5, None, [0, 1]), else a string. Repeatable."
-    )
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One ``-p`` item: ``[NAME.]KEY=VALUE``.
-
-    Attributes:
-        text: The item as given, for messages.
-        owner: The method or metric it names, or None for every one that has ``key``.
-        key: The parameter (``-`` read as ``_``).
-        value: The value, parsed by :func:`parse_value`.
-    """
-
-    text: str
-    owner: str | None
-    key: str
-    value: Any
-
-
-def parse_settings(items: Sequence[str]) -> list[Setting]:
-    """``-p`` items as :class:`Setting` s; the owner is what precedes the key's last dot.
-
-    Example:
-        >>> [(s.owner, s.key, s.value) for s in parse_settings(["rise.num-masks=8", "seed=1"])]
-        [('rise', 'num_masks', 8), (None, 'seed', 1)]
-    """
-    out = []
-    for item in items:
-        left, eq, raw = item.partition("=")
-        owner, dot, key = left.strip().rpartition(".")
-        key = key.strip().replace("-", "_")
-        if not eq or not key or (dot and not owner.strip()):
-            raise ParameterError(
-                f"-p {item!r} is not KEY=VALUE or NAME.KEY=VALUE; write e.g. -p num_masks=500 "
-                f"or -p rise.num_masks=500"
-            )
-        out.append(Setting(item, owner.strip() if dot else None, key, parse_value(raw)))
-    return out
 
 
 @dataclass

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from ._cli_support import DEFAULT_MODEL, handle_errors, param_help
+from ._cli_options import DEFAULT_MODEL, device_option, model_option, out_option, param_option
+from ._cli_support import handle_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,12 +121,7 @@ def shipped_model_note() -> str:
     show_default=True,
     help="Method name(s), comma-separated, or 'all'; several write one comparison grid.",
 )
-@click.option(
-    "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="timm:<name>, hf:<repo id>, an alias (vit, deit, xvit:digits-vit), or a path.",
-)
+@model_option()
 @click.option(
     "--target",
     default=None,
@@ -133,24 +129,9 @@ def shipped_model_note() -> str:
     help="Class to explain, by index or by the model's class name, e.g. 'tabby cat' "
     "(default: the predicted class).",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, ...")
-@click.option(
-    "--out",
-    "out_dir",
-    default="xvit-out",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder for the overlay PNGs.",
-)
-@click.option(
-    "--param",
-    "-p",
-    "params",
-    multiple=True,
-    metavar="[METHOD.]KEY=VALUE",
-    help="A method parameter, e.g. -p rise.num_masks=500 or -p batch_size=16. "
-    + param_help("method", "METHOD"),
-)
+@device_option
+@out_option("xvit-out", "Folder for the overlay PNGs.")
+@param_option("method", "METHOD", "-p rise.num_masks=500 or -p batch_size=16")
 @click.option("--grid", is_flag=True, help="Show the native patch grid instead of smoothing.")
 @click.option(
     "--progress/--no-progress",
@@ -181,6 +162,7 @@ def explain_cmd(
     """
     from . import explain, get_adapter, load_model
     from ._cli_support import Selection, build
+    from ._devices import check_device
     from ._errors import InvalidInputError
     from .methods import methods
     from .metrics import metrics
@@ -193,7 +175,8 @@ def explain_cmd(
     (explainers,) = build(
         [Selection(methods, method, "--methods")], params, [(metrics, no_metrics)]
     )
-    net = load_model(model, device=_check_device(device))
+    check_device(device)
+    net = load_model(model, device=device)
     adapter = get_adapter(net)
     grid_path = Path(out_dir) / "comparison.png"
     results = {}
@@ -244,20 +227,6 @@ def _target(text: str | None) -> int | str | None:
         return int(text)
     except ValueError:
         return text
-
-
-def _check_device(device: str) -> str:
-    import torch
-
-    from ._errors import InvalidInputError
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InvalidInputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {device!r} requested but CUDA is not available; use cpu")
-    return device
 
 
 def _add_optional_commands() -> None:

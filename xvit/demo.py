@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from ._cli_support import DEFAULT_MODEL, handle_errors
+from ._cli_options import batch_size_option, device_option, images_option, model_option, out_option
+from ._cli_support import handle_errors
 
 #: Cheaper settings than the methods' defaults, so the whole demo stays within minutes on a
 #: laptop CPU (RISE's default of 4000 masks alone would take longer than everything else).
@@ -76,15 +77,15 @@ def gallery_figure(
         The matplotlib Figure.
     """
     from .api import explain
-    from .metrics._causal import CausalMetric
     from .models import get_adapter
     from .viz import compare
+    from .viz._metric_labels import better, curve_rank
 
     adapter = get_adapter(model)
     images = [s.image for s in samples]
     targets = [s.label for s in samples]
-    scorers = [m for m in demo_metrics(adapter.preprocessing.size) if isinstance(m, CausalMetric)]
-    scorers.sort(key=lambda m: not m.insertion)  # insertion, then deletion
+    scorers = [m for m in demo_metrics(adapter.preprocessing.size) if type(m).curve]
+    scorers.sort(key=lambda m: curve_rank(type(m)))  # insertion, then deletion
     explanations, aucs = {}, {}
     for explainer in methods:
         if explainer.randomized:
@@ -93,10 +94,9 @@ def gallery_figure(
         assert e.inputs is not None  # explain always keeps the preprocessed inputs
         aucs[e.method] = {m.name: m(model, e.inputs, e.targets, e) for m in scorers}
     fig = compare(images, explanations, aucs, preprocessing=adapter.preprocessing)
+    scored = " and ".join(f"{m.name} ({better(type(m))} is better)" for m in scorers)
     fig.suptitle(
-        f"{model_name} on held-out digits: target class, insertion (higher is better) and "
-        f"deletion (lower is better) AUC per cell",
-        fontsize=9,
+        f"{model_name} on held-out digits: target class, {scored} AUC per cell", fontsize=9
     )
     return fig
 
@@ -142,36 +142,13 @@ def export_samples(samples: Sequence[Any], folder: Path) -> list[Path]:
 
 
 @click.command("demo")
-@click.option(
-    "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Model to explain (the shipped digits ViT by default; xvit:digits-deit too).",
+@model_option("Model to explain (the shipped digits ViT by default; xvit:digits-deit too).")
+@images_option("Held-out images in the benchmark (or written by --export-samples).")
+@out_option(
+    "xvit-demo", "Folder for gallery.png, table.md, summary.csv/json, curves.png and times.png."
 )
-@click.option(
-    "--n",
-    "n",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    help="Held-out images in the benchmark (or written by --export-samples).",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    default="xvit-demo",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder for gallery.png, table.md, summary.csv/json, curves.png and times.png.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, ...")
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=25,
-    show_default=True,
-    help="Images per explanation call.",
-)
+@device_option
+@batch_size_option(25)
 @click.option(
     "--export-samples",
     "samples_dir",

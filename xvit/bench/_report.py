@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from ..viz import plot_curves as curves_figure
+from ..viz import plot_times
+
 
 @dataclass
 class Estimate:
@@ -279,9 +282,6 @@ def plot_curves(
         >>> sorted(p.name for p in folder.iterdir())
         ['curves.png', 'times.png']
     """
-    from ..viz import plot_curves as curves_figure
-    from ..viz import plot_times
-
     path = Path(path)
     if any(s.images > 0 for s in summaries):
         plot_times(summaries).savefig(str(path.with_name("times.png")), dpi=110)

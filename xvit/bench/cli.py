@@ -7,25 +7,33 @@ The same command runs distributed under ``torchrun`` (see ``docs/distributed.md`
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from .._cli_support import DEFAULT_MODEL, Selection, build, handle_errors, param_help
+from .._cli_options import (
+    batch_size_option,
+    device_option,
+    images_option,
+    model_option,
+    out_option,
+    param_option,
+)
+from .._cli_support import Selection, build, handle_errors
+from ._config import TARGETS
+from .runner import run_benchmark
 
 DEFAULT_DATA = "digits"
 
 
 @click.command("bench")
-@click.option(
-    "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="timm:<name>, hf:<repo id>, an alias (xvit:digits-vit, ...) or a checkpoint.",
-)
+@model_option()
 @click.option(
     "--data",
     default=DEFAULT_DATA,
     show_default=True,
-    help="Dataset name, optionally with options: 'imagenet:root=DIR,index_file=F'.",
+    help="Dataset name, optionally with options: 'imagenet:root=DIR,index_file=F' (values "
+    "read as for -p).",
 )
 @click.option(
     "--methods",
@@ -36,25 +44,12 @@ DEFAULT_DATA = "digits"
 @click.option(
     "--metrics", default="all", show_default=True, help="Comma-separated metric names, or 'all'."
 )
-@click.option(
-    "--n",
-    "-n",
-    "--images",
-    "n",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    help="Number of images (the first N of the dataset). Under torchrun write -n or "
-    "--images: torchrun's own parser takes --n for an abbreviation of its options.",
+@images_option(
+    "Number of images (the first N of the dataset). Under torchrun write -n or --images: "
+    "torchrun's own parser takes --n for an abbreviation of its options."
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Images per explanation call.",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:0, ...")
+@batch_size_option(16)
+@device_option
 @click.option(
     "--seed",
     type=int,
@@ -64,32 +59,21 @@ DEFAULT_DATA = "digits"
 )
 @click.option(
     "--target",
-    type=click.Choice(["label", "prediction"]),
+    type=click.Choice(TARGETS),
     default="label",
     show_default=True,
     help="Explain the true label or the predicted class.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    default="xvit-bench",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder for results.jsonl, table.md, summary.csv/json and curves.png.",
-)
+@out_option("xvit-bench", "Folder for results.jsonl, table.md, summary.csv/json and curves.png.")
 @click.option(
     "--no-resume",
     is_flag=True,
     help="Start over (old results are renamed with a time stamp, never deleted).",
 )
-@click.option(
-    "--param",
-    "-p",
-    "params",
-    multiple=True,
-    metavar="[NAME.]KEY=VALUE",
-    help="A method or metric parameter, e.g. -p gradmask.masks_per_layer=1 or "
-    "-p pointing_game.tolerance=2. " + param_help("method or metric", "NAME"),
+@param_option(
+    "method or metric",
+    "NAME",
+    "-p gradmask.masks_per_layer=1 or -p pointing_game.tolerance=2",
 )
 @click.option(
     "--timeout",
@@ -105,15 +89,9 @@ def bench_command(
     data: str,
     methods: str,
     metrics: str,
-    n: int,
-    batch_size: int,
-    device: str,
-    seed: int,
-    target: str,
-    out_dir: str,
-    no_resume: bool,
     params: tuple[str, ...],
-    timeout: float,
+    no_resume: bool,
+    **options: Any,
 ) -> None:
     """Evaluate explanation methods with metrics and print a method x metric table.
 
@@ -124,7 +102,6 @@ def bench_command(
     """
     from ..methods import methods as method_registry
     from ..metrics import metrics as metric_registry
-    from .runner import run_benchmark
 
     explainers, metric_list = build(
         [
@@ -133,20 +110,10 @@ def bench_command(
         ],
         params,
     )
+    # the other options (--n, --batch-size, --device, --seed, --target, --out, --timeout)
+    # are named as run_benchmark's keywords
     results = run_benchmark(
-        model,
-        data,
-        methods=explainers,
-        metrics=metric_list,
-        n=n,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        target=target,
-        out_dir=out_dir,
-        resume=not no_resume,
-        progress=True,
-        timeout=timeout,
+        model, data, explainers, metric_list, resume=not no_resume, progress=True, **options
     )
     for name, path in results.files.items():
         click.echo(f"{name}: {path}", err=True)

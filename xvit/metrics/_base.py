@@ -76,6 +76,10 @@ class Metric(Configurable, ABC):
         higher_is_better: Whether a larger score means a better explanation.
         needs_model: Whether the metric runs the model.
         needs_boxes: Whether the metric needs ground-truth boxes (``s_batch``).
+        curve: Whether the score is the area under a curve: the result carries ``curves``
+            and the metric has ``counts(height, width)``, the pixels changed at each point
+            (the benchmark averages and plots the curves of such metrics).
+        short_name: A short name for crowded figure cells (empty: the name).
 
     Example:
         >>> import torch
@@ -95,6 +99,8 @@ class Metric(Configurable, ABC):
     higher_is_better: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
     needs_boxes: ClassVar[bool] = False
+    curve: ClassVar[bool] = False
+    short_name: ClassVar[str] = ""
 
     @abstractmethod
     def __call__(

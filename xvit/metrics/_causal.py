@@ -285,6 +285,7 @@ class CausalMetric(Metric):
     insertion: ClassVar[bool] = True
     default_substrate: ClassVar[str] = "blur"
     needs_model = True
+    curve = True
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ class Deletion(CausalMetric):
     """
 
     name = "deletion"
+    short_name = "del"
     summary = "area under the class probability as the most salient pixels are removed"
     paper = "Petsiuk et al., RISE: Randomized Input Sampling for Explanation, BMVC 2018"
     higher_is_better = False

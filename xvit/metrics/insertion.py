@@ -40,6 +40,7 @@ class Insertion(CausalMetric):
     """
 
     name = "insertion"
+    short_name = "ins"
     summary = "area under the class probability as the most salient pixels are revealed"
     paper = "Petsiuk et al., RISE: Randomized Input Sampling for Explanation, BMVC 2018"
     higher_is_better = True

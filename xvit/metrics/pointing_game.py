@@ -157,6 +157,7 @@ class PointingGame(Metric):
     """
 
     name = "pointing_game"
+    short_name = "pg"
     summary = "hit when the saliency maximum lies near a ground-truth box (15 px at 224 px)"
     paper = "Zhang et al., Top-down Neural Attention by Excitation Backprop, IJCV 2018"
     higher_is_better = True
