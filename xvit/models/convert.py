@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._loading import attach_preprocessing
+from ._base import ModelAdapter
+from ._preprocessing import attach_preprocessing
 from .hf_vit import HFViTAdapter
-from .timm_vit import TimmViTAdapter, _is_timm_vit
+from .timm_vit import TimmViTAdapter, is_timm_vit
 
 _HF_PLAIN = "ViTForImageClassification"
 _HF_TEACHER = "DeiTForImageClassificationWithTeacher"
@@ -115,12 +116,8 @@ def timm_to_hf(model: nn.Module) -> nn.Module:
         >>> torch.allclose(m(x), hf(pixel_values=x).logits, atol=1e-5)
         True
     """
-    spec = _timm_spec(model)
-    src = _timm_parts(model)
-    target = _build_hf(spec)
-    dst = _hf_parts(target)
-    _transfer(src, dst)
-    return _finish(model, target, dst.written)
+    target = _build_hf(_timm_spec(model))
+    return _convert(TimmViTAdapter(model), _timm_parts(model), target, _hf_parts(target))
 
 
 def hf_to_timm(model: nn.Module) -> nn.Module:
@@ -158,17 +155,13 @@ def hf_to_timm(model: nn.Module) -> nn.Module:
         >>> torch.allclose(m(x), hf(pixel_values=x).logits, atol=1e-5)
         True
     """
-    spec = _hf_spec(model)
-    src = _hf_parts(model)
-    target = _build_timm(spec)
-    dst = _timm_parts(target)
-    _transfer(src, dst)
-    return _finish(model, target, dst.written)
+    target = _build_timm(_hf_spec(model))
+    return _convert(HFViTAdapter(model), _hf_parts(model), target, _timm_parts(target))
 
 
 # --- reading a timm model -------------------------------------------------------------------
 def _timm_kind(model: object) -> str:
-    if not isinstance(model, nn.Module) or not _is_timm_vit(model):
+    if not isinstance(model, nn.Module) or not is_timm_vit(model):
         hint = " (use hf_to_timm for HuggingFace models)" if HFViTAdapter.matches(model) else ""
         raise UnsupportedModelError(
             f"timm_to_hf takes a timm VisionTransformer or VisionTransformerDistilled, got "
@@ -356,7 +349,7 @@ def _mlp_ratio(mlp_size: int, hidden: int) -> float:
 # --- reading a HuggingFace model ------------------------------------------------------------
 def _hf_kind(model: object) -> str:
     if not isinstance(model, nn.Module) or not HFViTAdapter.matches(model):
-        hint = " (use timm_to_hf for timm models)" if _is_timm_vit(model) else ""
+        hint = " (use timm_to_hf for timm models)" if is_timm_vit(model) else ""
         raise UnsupportedModelError(
             f"hf_to_timm takes a HuggingFace {_HF_PLAIN} or {_HF_TEACHER}, got "
             f"{type(model).__module__}.{type(model).__name__}{hint}"
@@ -536,22 +529,23 @@ def _transfer(src: _Parts, dst: _Parts) -> None:
         _put_linear(dst, d_head, s_head, ("head", "distillation head")[i])
 
 
-def _finish(source: nn.Module, target: nn.Module, written: set[int]) -> nn.Module:
-    """Check every target parameter was filled; match device, dtype, mode, preprocessing."""
-    from . import get_adapter
-
-    missing = [name for name, p in target.named_parameters() if id(p) not in written]
+def _convert(source: ModelAdapter, src: _Parts, target: nn.Module, dst: _Parts) -> nn.Module:
+    """Copy every weight of ``src`` into ``dst`` (the parts of ``target``), check that every
+    target parameter was filled, and give ``target`` the source's device, dtype, train/eval
+    mode, preprocessing and class names."""
+    _transfer(src, dst)
+    missing = [name for name, p in target.named_parameters() if id(p) not in dst.written]
     if missing:
         raise UnsupportedModelError(
             f"the converted {type(target).__name__} has parameters with no source: "
             f"{', '.join(missing)}"
         )
-    ref = next(source.parameters())
+    model = source.model
+    ref = next(model.parameters())
     target = target.to(device=ref.device, dtype=ref.dtype)
-    target.train(source.training)
-    adapter = get_adapter(source)
-    attach_preprocessing(target, adapter.preprocessing)
-    names = adapter.class_names()
+    target.train(model.training)
+    attach_preprocessing(target, source.preprocessing)
+    names = source.class_names()
     if names is not None:
         _set_class_names(target, names)
     return target
