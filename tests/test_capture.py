@@ -13,7 +13,7 @@ from torch import nn
 import xvit
 from conftest import DEPTH, HEADS, MODEL_FACTORIES, model_input
 from xvit.models import Capture
-from xvit.models._base import attribute_switched
+from xvit.models._guard import attribute_switched
 
 
 def _fused_model(name: str) -> nn.Module:

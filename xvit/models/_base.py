@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -130,11 +130,11 @@ def model_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
-def as_pair(value: Any) -> tuple[int, int]:
+def pair(value: Any) -> tuple[int, int]:
     """A size given as one int or as (height, width), as (height, width).
 
     Example:
-        >>> as_pair(16), as_pair([16, 8])
+        >>> pair(16), pair([16, 8])
         ((16, 16), (16, 8))
     """
     if isinstance(value, (tuple, list)):
@@ -154,42 +154,6 @@ def inherits(model: object, package: str, names: Collection[str]) -> bool:
     return any(
         c.__name__ in names and c.__module__.startswith(package + ".") for c in type(model).__mro__
     )
-
-
-_MISSING = object()
-
-
-@contextmanager
-def attribute_switched(
-    model: nn.Module, objects: Iterable[object], name: str, value: Any
-) -> Iterator[None]:
-    """Set attribute ``name`` of each of ``objects`` (parts of ``model``) to ``value`` for the
-    block and put back each one's own value on exit (an attribute it lacked is removed again).
-
-    Runs under the model's lock, so two threads never save and restore each other's settings;
-    nested switches of the same attribute restore in turn.
-
-    Example:
-        >>> from torch import nn
-        >>> model = nn.Sequential(nn.Dropout(0.1), nn.Dropout(0.2))
-        >>> with attribute_switched(model, model, "p", 0.0):
-        ...     [m.p for m in model]
-        [0.0, 0.0]
-        >>> [m.p for m in model]
-        [0.1, 0.2]
-    """
-    with model_lock(model):
-        saved = [(obj, getattr(obj, name, _MISSING)) for obj in objects]
-        try:
-            for obj, _ in saved:
-                setattr(obj, name, value)
-            yield
-        finally:
-            for obj, old in saved:
-                if old is _MISSING:
-                    delattr(obj, name)
-                else:
-                    setattr(obj, name, old)
 
 
 class ModelAdapter(ABC):

@@ -16,12 +16,11 @@ from ._base import (
     Geometry,
     ModelAdapter,
     QKVSource,
-    as_pair,
-    attribute_switched,
     inherits,
     model_lock,
+    pair,
 )
-from ._guard import has_hooks
+from ._guard import attribute_switched, has_hooks
 from ._hf_shortcut import (
     HEADS,
     bidirectional_mask,
@@ -159,8 +158,8 @@ class HFViTAdapter(ModelAdapter):
             num_heads=int(c.num_attention_heads),
             hidden_size=int(c.hidden_size),
             num_prefix_tokens=prefix,
-            patch_size=as_pair(c.patch_size),
-            image_size=as_pair(c.image_size),
+            patch_size=pair(c.patch_size),
+            image_size=pair(c.image_size),
             in_chans=int(getattr(c, "num_channels", 3)),
             dynamic_size=False,
         )

@@ -11,16 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._base import (
-    AttentionSource,
-    BlockSources,
-    Geometry,
-    ModelAdapter,
-    QKVSource,
-    as_pair,
-    attribute_switched,
-    inherits,
-)
+from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, inherits, pair
+from ._guard import attribute_switched
 from ._labels import timm_class_names
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
 
@@ -88,8 +80,8 @@ class TimmViTAdapter(ModelAdapter):
             num_heads=int(attn.num_heads),
             hidden_size=int(attn.qkv.out_features // 3),
             num_prefix_tokens=int(m.num_prefix_tokens),
-            patch_size=as_pair(pe.patch_size),
-            image_size=as_pair(pe.img_size),
+            patch_size=pair(pe.patch_size),
+            image_size=pair(pe.img_size),
             in_chans=in_chans,
             dynamic_size=bool(getattr(m, "dynamic_img_size", False)),
         )
