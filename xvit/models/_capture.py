@@ -11,16 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._errors import CaptureError
-from ._base import model_lock
-
-if TYPE_CHECKING:
-    from ._base import ModelAdapter
+from ._base import ModelAdapter, model_lock
 
 QKV = ("q", "k", "v")
 
