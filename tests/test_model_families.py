@@ -98,3 +98,29 @@ def test_supported_hf_models_still_fetch_their_weights(hf_config, arch) -> None:
     hf_config.append(DeiTConfig(architectures=[arch] if arch else None))
     with pytest.raises(xvit.ModelLoadError, match=r"hf:facebook/deit.*refused it \(Downloaded"):
         xvit.load_model("hf:facebook/deit")
+
+
+def test_adapters_are_asked_by_priority_not_by_name() -> None:
+    """An adapter for a narrower family (default priority) is asked before the built-in
+    adapter of the whole family, whatever its registered name."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from xvit.models import TimmViTAdapter, adapters
+
+    class NarrowViT(VisionTransformer):
+        pass
+
+    class NarrowAdapter(TimmViTAdapter):
+        priority = 0
+
+        @classmethod
+        def matches(cls, model: object) -> bool:
+            return isinstance(model, NarrowViT)
+
+    model = NarrowViT(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    adapters.register("zzz-narrow", NarrowAdapter)
+    try:
+        assert type(xvit.get_adapter(model)) is NarrowAdapter
+    finally:
+        adapters.unregister("zzz-narrow")
+    assert type(xvit.get_adapter(model)) is TimmViTAdapter

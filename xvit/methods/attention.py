@@ -70,7 +70,7 @@ def capture_attentions(adapter: ModelAdapter, inputs: torch.Tensor) -> list[torc
     Runs one forward without gradients on the model's eager attention path; the model's
     attention settings are restored afterwards, also when the forward raises.
     """
-    with torch.no_grad(), adapter.eager_attention(), Capture(adapter, attention=True) as cap:
+    with torch.no_grad(), Capture(adapter, attention=True) as cap:
         adapter.logits(inputs)
         attentions = cap.attentions()
     return [a.detach().float() for a in attentions]

@@ -21,7 +21,7 @@ def attention_and_grads(
     first, detached and in float32.
     """
     x = inputs.detach().requires_grad_(True)
-    with torch.enable_grad(), adapter.eager_attention(), Capture(adapter, attention=True) as cap:
+    with torch.enable_grad(), Capture(adapter, attention=True) as cap:
         logits = adapter.logits(x)
         score = logits.gather(1, target.unsqueeze(1)).sum()
         attentions = cap.attentions()

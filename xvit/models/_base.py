@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -130,6 +130,32 @@ def model_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
+def pair(value: Any) -> tuple[int, int]:
+    """A size given as one int or as (height, width), as (height, width).
+
+    Example:
+        >>> pair(16), pair([16, 8])
+        ((16, 16), (16, 8))
+    """
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def inherits(model: object, package: str, names: Collection[str]) -> bool:
+    """Whether ``type(model)`` is, or derives from, a class named in ``names`` that ``package``
+    defines: decided from names, so the framework is never imported for the check.
+
+    Example:
+        >>> from torch import nn
+        >>> inherits(nn.Linear(1, 1), "torch", ("Linear",)), inherits(nn.ReLU(), "timm", ("ReLU",))
+        (True, False)
+    """
+    return any(
+        c.__name__ in names and c.__module__.startswith(package + ".") for c in type(model).__mro__
+    )
+
+
 class ModelAdapter(ABC):
     """Uniform access to one ViT-family classifier.
 
@@ -149,6 +175,11 @@ class ModelAdapter(ABC):
 
     framework: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: :func:`~xvit.get_adapter` asks adapters with a lower priority first (ties: by
+    #: registered name). The built-in adapters match whole families (any subclass of timm's
+    #: ``VisionTransformer``) and declare 100, so an adapter for a narrower family keeps the
+    #: default and is asked before them.
+    priority: ClassVar[int] = 0
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

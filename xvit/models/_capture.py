@@ -1,24 +1,23 @@
 """The one hook layer: capture q/k/v projections, attention probabilities and named layers.
 
 Hooks exist only inside a ``with Capture(...)`` block: they are registered on entry and
-removed in ``finally``. Gradients are taken with :func:`torch.autograd.grad`, so parameter
-``.grad`` fields are never touched.
+removed in ``finally``; a capture of attention probabilities also switches the model to its
+eager attention path for the block. Gradients are taken with :func:`torch.autograd.grad`, so
+parameter ``.grad`` fields are never touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._errors import CaptureError
-from ._base import model_lock
-
-if TYPE_CHECKING:
-    from ._base import ModelAdapter
+from ._base import ModelAdapter, model_lock
 
 QKV = ("q", "k", "v")
 
@@ -37,12 +36,13 @@ class Capture:
     Args:
         adapter: The model adapter whose capture points are used.
         qkv: Record every block's q, k and v projection outputs.
-        attention: Record every block's attention probabilities (the caller must run the
-            forward under ``adapter.eager_attention()``).
+        attention: Record every block's attention probabilities. The model runs its eager
+            attention path (:meth:`~xvit.ModelAdapter.eager_attention`) inside the block, as
+            fused kernels never produce the probabilities; its own setting is back on exit.
         layers: Extra modules whose (first) output is recorded, by name.
 
-    After a forward, :meth:`qkv` returns lists (one B x N x D tensor per block) and
-    :meth:`grads` differentiates a scalar with respect to any recorded tensors.
+    After a forward, :meth:`qkv` and :meth:`attentions` return lists (one tensor per block)
+    and :meth:`grads` differentiates a scalar with respect to any recorded tensors.
 
     Example:
         >>> import torch, xvit
@@ -54,6 +54,10 @@ class Capture:
         ...     grads = cap.qkv_grads(logits[0, 3])
         >>> len(grads["q"]), grads["q"][0].shape  # one B x N x D tensor per block
         (6, torch.Size([1, 65, 96]))
+        >>> with Capture(adapter, attention=True) as cap:  # eager attention for the block
+        ...     _ = adapter.logits(x)
+        >>> cap.attentions()[0].shape  # B x heads x N x N
+        torch.Size([1, 3, 65, 65])
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class Capture:
         self._attn: list[torch.Tensor | None] = []
         self._layers: dict[str, torch.Tensor | None] = {}
         self._lock = model_lock(adapter.model)
+        self._stack = ExitStack()
 
     # --- context --------------------------------------------------------------------------
     def __enter__(self) -> Capture:
@@ -80,6 +85,8 @@ class Capture:
         # (through xvit) cannot run into them
         self._lock.acquire()
         try:
+            if self.want_attention:
+                self._stack.enter_context(self.adapter.eager_attention())
             blocks = self.adapter.blocks()
             if self.want_qkv:
                 self._qkv_raw = [[None] * len(b.qkv.modules) for b in blocks]
@@ -95,7 +102,10 @@ class Capture:
                 self._hook(module, self._store_layer(name))
         except BaseException:
             self.remove()
-            self._lock.release()
+            try:
+                self._stack.close()
+            finally:
+                self._lock.release()
             raise
         return self
 
@@ -108,7 +118,10 @@ class Capture:
         try:
             self.remove()
         finally:
-            self._lock.release()
+            try:
+                self._stack.close()  # the model's own attention setting is back
+            finally:
+                self._lock.release()
 
     def remove(self) -> None:
         """Remove every hook this capture registered (idempotent)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import nn
+
+from ._base import model_lock
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -89,3 +92,39 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                 param.requires_grad_(requires_grad)
             if param.grad is not grad:
                 param.grad = grad
+
+
+_MISSING = object()
+
+
+@contextmanager
+def attribute_switched(
+    model: nn.Module, objects: Iterable[object], name: str, value: Any
+) -> Iterator[None]:
+    """Set attribute ``name`` of each of ``objects`` (parts of ``model``) to ``value`` for the
+    block and put back each one's own value on exit (an attribute it lacked is removed again).
+
+    Runs under the model's lock, so two threads never save and restore each other's settings;
+    nested switches of the same attribute restore in turn.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Dropout(0.1), nn.Dropout(0.2))
+        >>> with attribute_switched(model, model, "p", 0.0):
+        ...     [m.p for m in model]
+        [0.0, 0.0]
+        >>> [m.p for m in model]
+        [0.1, 0.2]
+    """
+    with model_lock(model):
+        saved = [(obj, getattr(obj, name, _MISSING)) for obj in objects]
+        try:
+            for obj, _ in saved:
+                setattr(obj, name, value)
+            yield
+        finally:
+            for obj, old in saved:
+                if old is _MISSING:
+                    delattr(obj, name)
+                else:
+                    setattr(obj, name, old)

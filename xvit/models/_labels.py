@@ -10,13 +10,13 @@ not names.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._errors import InvalidInputError
+from .._suggest import or_list, similar
 
 #: The label HF configs invent for classes that have no name.
 _HF_PLACEHOLDER = re.compile(r"LABEL_\d+")
@@ -126,7 +126,7 @@ def class_index(name: str, names: Sequence[str] | None, num_classes: int) -> int
                     f"class name {name!r} is ambiguous: classes {shown} carry it; pass the "
                     f"index of the one you mean"
                 )
-    raise InvalidInputError(f"unknown class name {name!r}; {_suggest(name, names)}")
+    raise InvalidInputError(f"unknown class name {name!r}; {_suggestions(name, names)}")
 
 
 def _spelled(text: str, fold: bool) -> str:
@@ -140,21 +140,20 @@ def _spellings(label: str, fold: bool, whole: bool) -> set[str]:
     return {_spelled(part, fold) for part in parts}
 
 
-def _suggest(name: str, names: Sequence[str]) -> str:
+def _suggestions(name: str, names: Sequence[str]) -> str:
     """A did-you-mean clause: the closest labels or synonyms with their indices (and, for a
     model with few classes, all of them)."""
-    spelled: dict[str, tuple[str, int]] = {}
+    where: dict[str, int] = {}  # every label and synonym -> the first class carrying it
     for i, label in enumerate(names):
         for part in (label, *label.split(",")):
-            spelled.setdefault(_spelled(part, True), (part.strip(), i))
+            where.setdefault(part.strip(), i)
     close: dict[int, str] = {}  # one spelling per class, the closest first
-    for c in difflib.get_close_matches(_spelled(name, True), spelled, n=4 * SUGGESTIONS):
-        close.setdefault(spelled[c][1], spelled[c][0])
+    for spelling in similar(name.strip(), where, n=4 * SUGGESTIONS, cutoff=0.6):
+        close.setdefault(where[spelling], spelling)
     clauses = []
     if close:
         best = list(close.items())[:SUGGESTIONS]
-        shown = " or ".join(f"{spelling!r} ({i})" for i, spelling in best)
-        clauses.append(f"did you mean {shown}?")
+        clauses.append(f"did you mean {or_list([f'{s!r} ({i})' for i, s in best])}?")
     if len(names) <= MAX_LISTED:
         clauses.append("the model's classes are " + ", ".join(repr(n) for n in names))
     elif not close:

@@ -7,7 +7,6 @@ cannot be reached the error says so in one line and names an offline choice.
 from __future__ import annotations
 
 import json
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -20,9 +19,9 @@ from torch import nn
 from .._errors import InvalidInputError, ModelLoadError, UnknownNameError, UnsupportedModelError
 from .._registry import Registry
 from ._labels import timm_class_names
-from ._preprocessing import Preprocessing
-
-_PREPROCESSING: weakref.WeakKeyDictionary[nn.Module, Preprocessing] = weakref.WeakKeyDictionary()
+from ._lookup import get_adapter, supported_models
+from ._preprocessing import Preprocessing, attach_preprocessing
+from .convert import timm_to_hf
 
 #: Model aliases: short name -> full model spec (``timm:...``, ``hf:...``, a file path).
 model_aliases: Registry[str] = Registry("model alias")
@@ -36,26 +35,6 @@ OFFLINE_HINT = (
     "offline choices: a shipped model such as 'xvit:digits-vit', a local checkpoint path, or a "
     "model object you built yourself"
 )
-
-
-def attach_preprocessing(model: nn.Module, preprocessing: Preprocessing) -> None:
-    """Remember the preprocessing a loaded model was trained with (used by its adapter).
-
-    Example:
-        >>> import timm, xvit
-        >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1, img_size=32,
-        ...                       patch_size=8)
-        >>> attach_preprocessing(m, xvit.Preprocessing(size=(32, 32), mean=(0.5,) * 3,
-        ...                                            std=(0.5,) * 3))
-        >>> xvit.get_adapter(m).preprocessing.mean
-        (0.5, 0.5, 0.5)
-    """
-    _PREPROCESSING[model] = preprocessing
-
-
-def attached_preprocessing(model: nn.Module) -> Preprocessing | None:
-    """The preprocessing attached by :func:`attach_preprocessing`, if any."""
-    return _PREPROCESSING.get(model)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -138,8 +117,6 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> nn.Module:
         seen.add(spec)
         spec = model_aliases.get(spec)
     if spec.startswith(HF_TWIN):
-        from .convert import timm_to_hf
-
         return timm_to_hf(load_model(spec[len(HF_TWIN) :])).to(device).eval()
     if spec.startswith("timm:"):
         model = _load_timm(spec[5:])
@@ -166,8 +143,6 @@ def _refuse_unsupported(spec: str, build: Callable[[], nn.Module]) -> None:
     this costs a fraction of a second even for a large model. When the architecture cannot
     be built that way, nothing is decided here (the adapter check after loading still runs).
     """
-    from . import get_adapter
-
     try:
         with torch.device("meta"):
             skeleton = build()
@@ -220,8 +195,6 @@ def _load_hf(repo: str) -> nn.Module:
 def _hf_image_classifier(config: Any, spec: str) -> nn.Module:
     """The model ``AutoModelForImageClassification`` builds for ``config``, without weights."""
     from transformers import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
-
-    from . import supported_models
 
     try:
         classes: Any = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]

@@ -1,13 +1,18 @@
-"""Image preprocessing as the model's own config states it (size, crop, mean, std)."""
+"""Image preprocessing as the model's own config states it (size, crop, mean, std), and the
+preprocessing a loaded model was trained with, remembered for its adapter."""
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
+from .._errors import InvalidInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,25 +56,10 @@ class Preprocessing:
             raise TypeError(f"Preprocessing takes a PIL image, got {type(image).__name__}")
         image = image.convert("RGB")
         resample = _PIL_FILTERS.get(self.interpolation, 3)
-        th, tw = self.size
-        if self.squash:
-            image = image.resize((tw, th), resample=resample)
-        else:
-            scale_h = math.floor(th / self.crop_pct)
-            scale_w = math.floor(tw / self.crop_pct)
-            w, h = image.size
-            # resize the shorter side, keeping aspect, as timm's eval transform does
-            if th == tw:
-                short = scale_h
-                if w <= h:
-                    nw, nh = short, max(1, round(h * short / w))
-                else:
-                    nw, nh = max(1, round(w * short / h)), short
-            else:
-                nw, nh = scale_w, scale_h
-            image = image.resize((nw, nh), resample=resample)
-            left = max(0, round((nw - tw) / 2))
-            top = max(0, round((nh - th) / 2))
+        nw, nh, left, top = self.resize_layout(image.size)
+        image = image.resize((nw, nh), resample=resample)
+        if not self.squash:
+            th, tw = self.size
             image = image.crop((left, top, left + tw, top + th))
         arr = np.asarray(image, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -134,8 +124,6 @@ class Preprocessing:
             >>> p.transform_boxes([(0, 0, 32, 16)], original_size=(64, 64))
             ((0.0, 0.0, 16.0, 8.0),)
         """
-        from .._errors import InvalidInputError
-
         if (
             len(original_size) != 2
             or any(
@@ -180,3 +168,26 @@ class Preprocessing:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
         return mean, std
+
+
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, Preprocessing] = weakref.WeakKeyDictionary()
+
+
+def attach_preprocessing(model: nn.Module, preprocessing: Preprocessing) -> None:
+    """Remember the preprocessing a loaded model was trained with (used by its adapter).
+
+    Example:
+        >>> import timm, xvit
+        >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1, img_size=32,
+        ...                       patch_size=8)
+        >>> attach_preprocessing(m, xvit.Preprocessing(size=(32, 32), mean=(0.5,) * 3,
+        ...                                            std=(0.5,) * 3))
+        >>> xvit.get_adapter(m).preprocessing.mean
+        (0.5, 0.5, 0.5)
+    """
+    _ATTACHED[model] = preprocessing
+
+
+def attached_preprocessing(model: nn.Module) -> Preprocessing | None:
+    """The preprocessing attached by :func:`attach_preprocessing`, if any."""
+    return _ATTACHED.get(model)

@@ -13,6 +13,10 @@ value projections. HF models of both module layouts are read and written: transf
 (``layers[i].attention.q_proj``, ``mlp.fc1``) and 4.x (``encoder.layer[i].attention.attention.
 query``, ``intermediate.dense``). Training-only regularisation (stochastic depth, head dropout)
 is not carried over; the converted model computes the same function in eval mode.
+
+References:
+    A. Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021; H. Touvron et al.,
+    "Training data-efficient image transformers & distillation through attention", ICML 2021.
 """
 
 from __future__ import annotations
@@ -20,15 +24,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._loading import attach_preprocessing
+from ._base import Geometry, ModelAdapter
+from ._preprocessing import attach_preprocessing
 from .hf_vit import HFViTAdapter
-from .timm_vit import TimmViTAdapter, _is_timm_vit
+from .timm_vit import TimmViTAdapter, is_timm_vit
 
 _HF_PLAIN = "ViTForImageClassification"
 _HF_TEACHER = "DeiTForImageClassificationWithTeacher"
@@ -38,21 +44,39 @@ _TIMM_DISTILLED = "VisionTransformerDistilled"
 
 @dataclass(frozen=True)
 class _Spec:
-    """What a converted model must match: the source's geometry and settings."""
+    """What a converted model must match: the source's geometry (as its adapter reads it) and
+    settings."""
 
     distilled: bool
-    hidden_size: int
-    depth: int
-    num_heads: int
+    geometry: Geometry
     mlp_size: int
-    patch_size: tuple[int, int]
-    image_size: tuple[int, int]
-    in_chans: int
     num_classes: int
     qkv_bias: bool
     eps: float
     hidden_dropout: float = 0.0
     attn_dropout: float = 0.0
+
+
+#: The settings both frameworks take as they are, under each one's name: where :class:`_Spec`
+#: keeps it, timm's ``VisionTransformer`` argument, HF's ``ViTConfig``/``DeiTConfig`` field.
+#: The builders set the rest (sizes, MLP width, norm eps, dropout), which the two express
+#: differently.
+_SHARED_SETTINGS = (
+    ("geometry.hidden_size", "embed_dim", "hidden_size"),
+    ("geometry.num_blocks", "depth", "num_hidden_layers"),
+    ("geometry.num_heads", "num_heads", "num_attention_heads"),
+    ("geometry.in_chans", "in_chans", "num_channels"),
+    ("num_classes", "num_classes", "num_labels"),
+    ("qkv_bias", "qkv_bias", "qkv_bias"),
+    ("attn_dropout", "attn_drop_rate", "attention_probs_dropout_prob"),
+)
+
+
+def _shared_settings(spec: _Spec, framework: str) -> dict[str, Any]:
+    """The :data:`_SHARED_SETTINGS` of ``spec`` under the names of ``framework``
+    ("timm" or "hf")."""
+    column = ("timm", "hf").index(framework) + 1
+    return {row[column]: attrgetter(row[0])(spec) for row in _SHARED_SETTINGS}
 
 
 @dataclass
@@ -101,11 +125,6 @@ def timm_to_hf(model: nn.Module) -> nn.Module:
         UnsupportedModelError: ``model`` is not such a model or uses a variant HF ViT/DeiT
             cannot express (register tokens, average pooling, qk-norm, layer scale, ...).
 
-    References:
-        A. Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021; H. Touvron et al.,
-        "Training data-efficient image transformers & distillation through attention",
-        ICML 2021.
-
     Example:
         >>> import timm, torch, xvit
         >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=2,
@@ -115,12 +134,8 @@ def timm_to_hf(model: nn.Module) -> nn.Module:
         >>> torch.allclose(m(x), hf(pixel_values=x).logits, atol=1e-5)
         True
     """
-    spec = _timm_spec(model)
-    src = _timm_parts(model)
-    target = _build_hf(spec)
-    dst = _hf_parts(target)
-    _transfer(src, dst)
-    return _finish(model, target, dst.written)
+    target = _build_hf(_timm_spec(model))
+    return _convert(TimmViTAdapter(model), _timm_parts(model), target, _hf_parts(target))
 
 
 def hf_to_timm(model: nn.Module) -> nn.Module:
@@ -142,33 +157,27 @@ def hf_to_timm(model: nn.Module) -> nn.Module:
         UnsupportedModelError: ``model`` is not one of these, or uses a setting timm's ViT
             cannot express (an activation other than exact GELU, a classifier-less model).
 
-    References:
-        A. Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021; H. Touvron et al.,
-        "Training data-efficient image transformers & distillation through attention",
-        ICML 2021.
-
     Example:
         >>> import torch, xvit
         >>> from transformers import ViTConfig, ViTForImageClassification
         >>> cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        ...                 intermediate_size=64, image_size=32, patch_size=8, num_labels=3)
+        ...                 intermediate_size=64, image_size=32, patch_size=8,
+        ...                 id2label={0: "cat", 1: "dog"})
         >>> hf = ViTForImageClassification(cfg).eval()
         >>> m = xvit.hf_to_timm(hf)
+        >>> type(m).__name__, xvit.get_adapter(m).class_names()  # the class names come along
+        ('VisionTransformer', ('cat', 'dog'))
         >>> x = torch.randn(1, 3, 32, 32)
         >>> torch.allclose(m(x), hf(pixel_values=x).logits, atol=1e-5)
         True
     """
-    spec = _hf_spec(model)
-    src = _hf_parts(model)
-    target = _build_timm(spec)
-    dst = _timm_parts(target)
-    _transfer(src, dst)
-    return _finish(model, target, dst.written)
+    target = _build_timm(_hf_spec(model))
+    return _convert(HFViTAdapter(model), _hf_parts(model), target, _timm_parts(target))
 
 
 # --- reading a timm model -------------------------------------------------------------------
 def _timm_kind(model: object) -> str:
-    if not isinstance(model, nn.Module) or not _is_timm_vit(model):
+    if not isinstance(model, nn.Module) or not is_timm_vit(model):
         hint = " (use hf_to_timm for HuggingFace models)" if HFViTAdapter.matches(model) else ""
         raise UnsupportedModelError(
             f"timm_to_hf takes a timm VisionTransformer or VisionTransformerDistilled, got "
@@ -196,13 +205,8 @@ def _timm_spec(model: nn.Module) -> _Spec:
     block = m.blocks[0]
     return _Spec(
         distilled=kind == _TIMM_DISTILLED,
-        hidden_size=geo.hidden_size,
-        depth=geo.num_blocks,
-        num_heads=geo.num_heads,
+        geometry=geo,
         mlp_size=int(block.mlp.fc1.out_features),
-        patch_size=geo.patch_size,
-        image_size=geo.image_size,
-        in_chans=geo.in_chans,
         num_classes=int(m.num_classes),
         qkv_bias=block.attn.qkv.bias is not None,
         eps=float(block.norm1.eps),
@@ -322,22 +326,17 @@ def _build_timm(spec: _Spec) -> nn.Module:
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
+    geo = spec.geometry
     cls = VisionTransformerDistilled if spec.distilled else VisionTransformer
     return cls(
-        img_size=spec.image_size,
-        patch_size=spec.patch_size,
-        in_chans=spec.in_chans,
-        num_classes=spec.num_classes,
+        **_shared_settings(spec, "timm"),
+        img_size=geo.image_size,
+        patch_size=geo.patch_size,
         global_pool="token",
-        embed_dim=spec.hidden_size,
-        depth=spec.depth,
-        num_heads=spec.num_heads,
-        mlp_ratio=_mlp_ratio(spec.mlp_size, spec.hidden_size),
-        qkv_bias=spec.qkv_bias,
+        mlp_ratio=_mlp_ratio(spec.mlp_size, geo.hidden_size),
         norm_layer=partial(LayerNorm, eps=spec.eps),
         pos_drop_rate=spec.hidden_dropout,
         proj_drop_rate=spec.hidden_dropout,
-        attn_drop_rate=spec.attn_dropout,
     )
 
 
@@ -356,7 +355,7 @@ def _mlp_ratio(mlp_size: int, hidden: int) -> float:
 # --- reading a HuggingFace model ------------------------------------------------------------
 def _hf_kind(model: object) -> str:
     if not isinstance(model, nn.Module) or not HFViTAdapter.matches(model):
-        hint = " (use timm_to_hf for timm models)" if _is_timm_vit(model) else ""
+        hint = " (use timm_to_hf for timm models)" if is_timm_vit(model) else ""
         raise UnsupportedModelError(
             f"hf_to_timm takes a HuggingFace {_HF_PLAIN} or {_HF_TEACHER}, got "
             f"{type(model).__module__}.{type(model).__name__}{hint}"
@@ -389,13 +388,8 @@ def _hf_spec(model: nn.Module) -> _Spec:
     first = parts.layers[0]
     return _Spec(
         distilled=kind == _HF_TEACHER,
-        hidden_size=geo.hidden_size,
-        depth=geo.num_blocks,
-        num_heads=geo.num_heads,
+        geometry=geo,
         mlp_size=int(first.fc1.out_features),  # type: ignore[arg-type]
-        patch_size=geo.patch_size,
-        image_size=geo.image_size,
-        in_chans=geo.in_chans,
         num_classes=adapter.num_classes,
         qkv_bias=first.qkv[0].bias is not None,
         eps=float(first.norm1.eps),  # type: ignore[arg-type]
@@ -455,20 +449,15 @@ def _build_hf(spec: _Spec) -> nn.Module:
     def size(pair: tuple[int, int]) -> int | list[int]:
         return pair[0] if pair[0] == pair[1] else list(pair)
 
+    geo = spec.geometry
     kwargs: dict[str, Any] = dict(
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.depth,
-        num_attention_heads=spec.num_heads,
+        **_shared_settings(spec, "hf"),
+        image_size=size(geo.image_size),
+        patch_size=size(geo.patch_size),
         intermediate_size=spec.mlp_size,
         hidden_act="gelu",
         hidden_dropout_prob=spec.hidden_dropout,
-        attention_probs_dropout_prob=spec.attn_dropout,
         layer_norm_eps=spec.eps,
-        image_size=size(spec.image_size),
-        patch_size=size(spec.patch_size),
-        num_channels=spec.in_chans,
-        qkv_bias=spec.qkv_bias,
-        num_labels=spec.num_classes,
     )
     if spec.distilled:
         return DeiTForImageClassificationWithTeacher(DeiTConfig(**kwargs))
@@ -536,22 +525,23 @@ def _transfer(src: _Parts, dst: _Parts) -> None:
         _put_linear(dst, d_head, s_head, ("head", "distillation head")[i])
 
 
-def _finish(source: nn.Module, target: nn.Module, written: set[int]) -> nn.Module:
-    """Check every target parameter was filled; match device, dtype, mode, preprocessing."""
-    from . import get_adapter
-
-    missing = [name for name, p in target.named_parameters() if id(p) not in written]
+def _convert(source: ModelAdapter, src: _Parts, target: nn.Module, dst: _Parts) -> nn.Module:
+    """Copy every weight of ``src`` into ``dst`` (the parts of ``target``), check that every
+    target parameter was filled, and give ``target`` the source's device, dtype, train/eval
+    mode, preprocessing and class names."""
+    _transfer(src, dst)
+    missing = [name for name, p in target.named_parameters() if id(p) not in dst.written]
     if missing:
         raise UnsupportedModelError(
             f"the converted {type(target).__name__} has parameters with no source: "
             f"{', '.join(missing)}"
         )
-    ref = next(source.parameters())
+    model = source.model
+    ref = next(model.parameters())
     target = target.to(device=ref.device, dtype=ref.dtype)
-    target.train(source.training)
-    adapter = get_adapter(source)
-    attach_preprocessing(target, adapter.preprocessing)
-    names = adapter.class_names()
+    target.train(model.training)
+    attach_preprocessing(target, source.preprocessing)
+    names = source.class_names()
     if names is not None:
         _set_class_names(target, names)
     return target

@@ -10,8 +10,17 @@ import torch
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, model_lock
-from ._guard import has_hooks
+from ._base import (
+    AttentionSource,
+    BlockSources,
+    Geometry,
+    ModelAdapter,
+    QKVSource,
+    inherits,
+    model_lock,
+    pair,
+)
+from ._guard import attribute_switched, has_hooks
 from ._hf_shortcut import (
     HEADS,
     bidirectional_mask,
@@ -22,19 +31,19 @@ from ._hf_shortcut import (
     prefix_rows,
 )
 from ._labels import hf_class_names
-from ._preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ._preprocessing import (
+    HALF,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    attached_preprocessing,
+)
 
 SUPPORTED = (
     "ViTForImageClassification",
     "DeiTForImageClassification",
     "DeiTForImageClassificationWithTeacher",
 )
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 def _second_tensor(output: Any) -> torch.Tensor | None:
@@ -68,6 +77,7 @@ class HFViTAdapter(ModelAdapter):
         "HuggingFace ViTForImageClassification, DeiTForImageClassification, "
         "DeiTForImageClassificationWithTeacher (transformers 4.x and 5.x)"
     )
+    priority = 100  # any subclass matches: adapters for narrower families go first
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -82,10 +92,7 @@ class HFViTAdapter(ModelAdapter):
 
     @classmethod
     def matches(cls, model: object) -> bool:
-        return any(
-            c.__name__ in SUPPORTED and c.__module__.startswith("transformers.")
-            for c in type(model).__mro__
-        )
+        return inherits(model, "transformers", SUPPORTED)
 
     # --- structure ------------------------------------------------------------------------
     @property
@@ -97,17 +104,22 @@ class HFViTAdapter(ModelAdapter):
         raise UnsupportedModelError(f"{type(self.model).__name__} has no vit/deit backbone")
 
     def _find_layers(self) -> list[nn.Module]:
-        bb = self.backbone
-        layers = getattr(bb, "layers", None)
-        if layers is None:
-            encoder = getattr(bb, "encoder", None)
-            layers = getattr(encoder, "layer", None)
-        if layers is None or len(layers) == 0:
+        layers = self._current_layers()
+        if not layers:
             raise UnsupportedModelError(
                 f"{type(self.model).__name__} has no encoder layers (looked for .layers and "
                 f".encoder.layer)"
             )
-        return list(layers)
+        return layers
+
+    def _current_layers(self) -> list[nn.Module]:
+        """The backbone's encoder layers as they are now (``layers`` in 5.x, ``encoder.layer``
+        in 4.x); read again by the shortcut, since a user may have replaced them."""
+        bb = self.backbone
+        layers = getattr(bb, "layers", None)
+        if layers is None:
+            layers = getattr(getattr(bb, "encoder", None), "layer", None)
+        return list(layers) if layers is not None else []
 
     @property
     def layers(self) -> list[nn.Module]:
@@ -146,16 +158,14 @@ class HFViTAdapter(ModelAdapter):
             num_heads=int(c.num_attention_heads),
             hidden_size=int(c.hidden_size),
             num_prefix_tokens=prefix,
-            patch_size=_pair(c.patch_size),
-            image_size=_pair(c.image_size),
+            patch_size=pair(c.patch_size),
+            image_size=pair(c.image_size),
             in_chans=int(getattr(c, "num_channels", 3)),
             dynamic_size=False,
         )
 
     @property
     def preprocessing(self) -> Preprocessing:
-        from ._loading import attached_preprocessing
-
         attached = attached_preprocessing(self.model)
         if attached is not None:
             return attached
@@ -242,13 +252,6 @@ class HFViTAdapter(ModelAdapter):
             ) / 2
         return model.classifier(h[:, 0, :])  # type: ignore[no-any-return]
 
-    def _current_layers(self) -> list[nn.Module]:
-        bb = self.backbone
-        layers = getattr(bb, "layers", None)
-        if layers is None:
-            layers = getattr(getattr(bb, "encoder", None), "layer", None)
-        return list(layers) if layers is not None else []
-
     def _shortcut_rows(self) -> int | None:
         """Rows the classifier reads when :meth:`scoring_logits` may take its shortcut, else
         None."""
@@ -289,20 +292,16 @@ class HFViTAdapter(ModelAdapter):
 
     @contextmanager
     def eager_attention(self) -> Iterator[None]:
-        # under the model's lock: two threads must not save and restore each other's settings
         with model_lock(self.model):
             configs = {id(self.config): self.config}
             for module in self.model.modules():
                 cfg = getattr(module, "config", None)
                 if cfg is not None and hasattr(cfg, "_attn_implementation"):
                     configs[id(cfg)] = cfg
-            saved = [(cfg, cfg._attn_implementation) for cfg in configs.values()]
-            self._output_attentions = True
-            try:
-                for cfg, _ in saved:
-                    cfg._attn_implementation = "eager"
-                yield
-            finally:
-                self._output_attentions = False
-                for cfg, impl in saved:
-                    cfg._attn_implementation = impl
+            outer = self._output_attentions  # nested: the outer switch stays on
+            with attribute_switched(self.model, configs.values(), "_attn_implementation", "eager"):
+                self._output_attentions = True
+                try:
+                    yield
+                finally:
+                    self._output_attentions = outer

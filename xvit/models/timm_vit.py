@@ -11,22 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, model_lock
+from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, inherits, pair
+from ._guard import attribute_switched
 from ._labels import timm_class_names
-from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
 
 
-def _is_timm_vit(model: object) -> bool:
-    return any(
-        cls.__name__ == "VisionTransformer" and cls.__module__.startswith("timm.")
-        for cls in type(model).__mro__
-    )
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+def is_timm_vit(model: object) -> bool:
+    """Whether ``model`` is a timm ``VisionTransformer`` (or a subclass), without importing
+    timm."""
+    return inherits(model, "timm", ("VisionTransformer",))
 
 
 class TimmViTAdapter(ModelAdapter):
@@ -49,6 +43,7 @@ class TimmViTAdapter(ModelAdapter):
     description = (
         "timm VisionTransformer (ViT, DeiT, DeiT-distilled, register tokens, any global_pool)"
     )
+    priority = 100  # any subclass matches: adapters for narrower families go first
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -68,7 +63,7 @@ class TimmViTAdapter(ModelAdapter):
 
     @classmethod
     def matches(cls, model: object) -> bool:
-        return _is_timm_vit(model)
+        return is_timm_vit(model)
 
     @property
     def _attns(self) -> list[Any]:
@@ -85,16 +80,14 @@ class TimmViTAdapter(ModelAdapter):
             num_heads=int(attn.num_heads),
             hidden_size=int(attn.qkv.out_features // 3),
             num_prefix_tokens=int(m.num_prefix_tokens),
-            patch_size=_pair(pe.patch_size),
-            image_size=_pair(pe.img_size),
+            patch_size=pair(pe.patch_size),
+            image_size=pair(pe.img_size),
             in_chans=in_chans,
             dynamic_size=bool(getattr(m, "dynamic_img_size", False)),
         )
 
     @property
     def preprocessing(self) -> Preprocessing:
-        from ._loading import attached_preprocessing
-
         attached = attached_preprocessing(self.model)
         if attached is not None:
             return attached
@@ -174,16 +167,8 @@ class TimmViTAdapter(ModelAdapter):
 
     @contextmanager
     def eager_attention(self) -> Iterator[None]:
-        # under the model's lock: two threads must not save and restore each other's flags
-        with model_lock(self.model):
-            saved = [(a, bool(getattr(a, "fused_attn", False))) for a in self._attns]
-            try:
-                for attn, _ in saved:
-                    attn.fused_attn = False
-                yield
-            finally:
-                for attn, flag in saved:
-                    attn.fused_attn = flag
+        with attribute_switched(self.model, self._attns, "fused_attn", False):
+            yield
 
 
 def _prefix_rows_of_block(block: Any, x: torch.Tensor, keep: int) -> torch.Tensor:
