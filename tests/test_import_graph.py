@@ -30,8 +30,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("xvit.models*", "xvit._inputs")),  # adapters, loading, capture; checked inputs
     ("methods", ("xvit.methods*", "xvit.api")),  # explanation methods and xvit.explain
     ("metrics", ("xvit.metrics*",)),
+    ("viz", ("xvit.viz*",)),  # pictures of maps and curves; the benchmark's report draws them
     ("bench", ("xvit.bench*", "xvit.data*")),
-    ("front", ("xvit", "xvit.__main__", "xvit.cli*", "xvit.viz*", "xvit.demo*")),
+    ("front", ("xvit", "xvit.__main__", "xvit.cli*", "xvit.demo*")),
 )
 
 #: Packages of one method or metric per file: their files share code only through private
@@ -55,7 +56,6 @@ PENDING_LAYERS = {
     "xvit.methods.vitcx": _METHODS,  # imports .gradcam and .rise
     "xvit.metrics.energy_pointing_game": _METHODS,  # imports .pointing_game
     "xvit.metrics._causal": _METHODS,  # imports methods._base and methods._scoring
-    "xvit.bench._report": "pending: bench/viz split (bench/_report.py imports viz)",
 }
 #: Names exported by the parent package shadow these submodules: the registry ``xvit.methods``
 #: (the subpackage and all of its modules), the functions ``xvit.metrics.deletion``, ...

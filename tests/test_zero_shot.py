@@ -16,7 +16,7 @@ from torch import nn
 
 import xvit
 from model_state import snapshot
-from xvit.zero_shot import ZeroShotClassifier
+from xvit.models import ZeroShotClassifier
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 TEXT = dict(TINY, vocab_size=40, max_position_embeddings=16, pad_token_id=0, bos_token_id=1)

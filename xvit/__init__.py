@@ -38,7 +38,7 @@ from .models import (
     save_checkpoint,
     timm_to_hf,
 )
-from .zero_shot import zero_shot
+from .models import zero_shot
 
 __version__ = "0.1.0"
 

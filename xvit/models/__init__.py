@@ -9,6 +9,7 @@ from ._guard import hook_counts, preserved_state
 from ._loading import load_checkpoint, load_model, model_aliases, save_checkpoint
 from ._lookup import adapters, get_adapter, supported_models
 from ._preprocessing import Preprocessing, attach_preprocessing
+from ._zero_shot import ZeroShotClassifier, zero_shot
 from .convert import hf_to_timm, timm_to_hf
 from .hf_vit import HFViTAdapter
 from .timm_vit import TimmViTAdapter
@@ -20,6 +21,7 @@ __all__ = [
     "ModelAdapter",
     "Preprocessing",
     "TimmViTAdapter",
+    "ZeroShotClassifier",
     "adapters",
     "attach_preprocessing",
     "get_adapter",
@@ -33,4 +35,5 @@ __all__ = [
     "save_checkpoint",
     "supported_models",
     "timm_to_hf",
+    "zero_shot",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import InvalidInputError, ParameterError, UnsupportedModelError
+from .._errors import InvalidInputError, ParameterError, UnsupportedModelError
 
 __all__ = ["ZeroShotClassifier", "zero_shot"]
 
