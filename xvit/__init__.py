@@ -37,8 +37,8 @@ from .models import (
     model_aliases,
     save_checkpoint,
     timm_to_hf,
+    zero_shot,
 )
-from .models import zero_shot
 
 __version__ = "0.1.0"
 
