@@ -27,10 +27,10 @@ def main(debug: bool) -> None:
 @handle_errors
 def list_cmd() -> None:
     """List explanation methods (with their papers), metrics, datasets and model aliases."""
-    from . import methods, model_aliases
+    from . import method_registry, model_aliases
 
     sections: list[tuple[str, list[tuple[str, str, str]]]] = [
-        ("methods", [(name, cls.summary, cls.paper) for name, cls in methods.items()])
+        ("methods", [(name, cls.summary, cls.paper) for name, cls in method_registry.items()])
     ]
     for title, registry in _optional_registries():
         sections.append(
@@ -182,7 +182,7 @@ def explain_cmd(
     from . import explain, get_adapter, load_model
     from ._cli_support import Selection, build
     from ._errors import InvalidInputError
-    from .methods import methods
+    from .methods import method_registry
     from .metrics import metrics
     from .viz import compare, save_overlays
 
@@ -191,7 +191,7 @@ def explain_cmd(
             raise InvalidInputError(f"image file not found: {image}; check the path")
     no_metrics = "xvit explain computes no metrics; set metric parameters in xvit bench"
     (explainers,) = build(
-        [Selection(methods, method, "--methods")], params, [(metrics, no_metrics)]
+        [Selection(method_registry, method, "--methods")], params, [(metrics, no_metrics)]
     )
     net = load_model(model, device=_check_device(device))
     adapter = get_adapter(net)
