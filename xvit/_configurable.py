@@ -149,6 +149,6 @@ def _checking(init: Callable[..., None]) -> Callable[..., None]:
             return
         init(self, **check_params(owner, type(self).constraints(), values))
 
-    checked_init.__kwdefaults__ = init.__kwdefaults__
+    checked_init.__kwdefaults__ = init.__kwdefaults__  # type: ignore[attr-defined]
     checked_init._checks_constraints = True  # type: ignore[attr-defined]
     return checked_init
