@@ -58,7 +58,7 @@ class Counting(xvit.Explainer):
         self.calls = 0
         self.images = 0
 
-    def attribute(self, adapter, inputs, target):
+    def compute(self, adapter, inputs, target):
         if self.fail_after is not None and self.images >= self.fail_after:
             raise RuntimeError("simulated crash")
         self.calls += 1
@@ -143,7 +143,7 @@ class Brightness(xvit.Explainer):
     name = "brightness"
     family = "test"
 
-    def attribute(self, adapter, inputs, target):
+    def compute(self, adapter, inputs, target):
         return inputs[:, 0].clone()
 
 
@@ -363,7 +363,7 @@ def test_all_means_every_registered_method_including_plugins() -> None:
         names = [e.name for e in resolve_methods("all")]
         registered = xvit.list_methods()
     finally:
-        xvit.methods.unregister("plugin-test-method")
+        xvit.method_registry.unregister("plugin-test-method")
     assert "plugin-test-method" in names and "random" in names
     assert names == registered
 

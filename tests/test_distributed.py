@@ -240,7 +240,7 @@ FAILING = """
         name = "boom"
         family = "test"
 
-        def attribute(self, adapter, inputs, target):
+        def compute(self, adapter, inputs, target):
             if any(torch.equal(x, bad) for x in inputs):
                 raise RuntimeError("boom")
             return inputs[:, 0, ::8, ::8].clone()

@@ -345,7 +345,7 @@ def test_two_threads_get_their_own_maps(method: str, model_name: str) -> None:
 
 
 def test_threads_using_captures_and_metrics_directly(timm_vit) -> None:
-    from xvit.methods.attention import capture_attentions
+    from xvit.methods._attention import capture_attentions
     from xvit.methods.gradmask import GradMask
     from xvit.metrics import Deletion
 

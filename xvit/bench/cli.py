@@ -100,7 +100,7 @@ def bench_command(
     takes its share of the images and rank 0 writes the table. Every method, metric and
     parameter is checked before the model loads.
     """
-    from ..methods import methods as method_registry
+    from ..methods import method_registry
     from ..metrics import metrics as metric_registry
 
     explainers, metric_list = build(
