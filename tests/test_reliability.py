@@ -508,7 +508,7 @@ def _bench_cmd(ckpt: Path, out: Path) -> list[str]:
         "deletion,pointing_game",
         "--n",
         "6",
-        "--batch-size",
+        "--images-per-call",
         "1",
         "--out",
         str(out),
