@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from ..explanation import Explanation
-from ._base import MetricResult
+from ._base import MetricResult, Saliency
 from ._causal import CausalMetric
 from ._registration import register_metric
 
@@ -50,7 +49,7 @@ def deletion(
     model: Any,
     x_batch: torch.Tensor,
     y_batch: Any,
-    a_batch: torch.Tensor | Explanation,
+    a_batch: Saliency,
     *,
     seeds: Sequence[int] | None = None,
     **params: Any,
