@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from ._base import Metric, MetricResult, nanmean
+from ._base import Batch, Metric, MetricResult, nanmean
 from ._registration import get_metric, list_metrics, metrics, register_metric
 from .deletion import Deletion, deletion
 from .energy_pointing_game import EnergyPointingGame, energy_pointing_game
@@ -22,6 +22,7 @@ from .insertion import Insertion, insertion
 from .pointing_game import PointingGame, pointing_game
 
 __all__ = [
+    "Batch",
     "Deletion",
     "EnergyPointingGame",
     "Insertion",
