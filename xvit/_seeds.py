@@ -8,7 +8,8 @@ method), each item's seed is derived from the seed and a stable key of the item,
 results do not depend on batching, order, device or process. Three derivations are in use,
 each keeping the numbers its component has always produced:
 
-- :func:`derive_seed`: a key with a printable name (an image id): the benchmark runner.
+- :func:`derive_seed`: a key with a printable name (an image id): the benchmark runner; and
+  a metric called with ``seeds=None``, whose image i gets ``derive_seed(seed, i)``.
 - :func:`content_seed`: the item's own values (an image's bytes): the random map, so that the
   same image gets the same map in any batch.
 - :func:`index_seed`: an item's position in a fixed list (a mask's index): ViT-CX's noise.
