@@ -272,7 +272,7 @@ def test_bench_off_a_terminal_writes_lines_and_the_table(timm_vit, capsys) -> No
         methods=["attention", GradMask(batch_size=8)],
         metrics="pointing_game",
         n=4,
-        batch_size=4,
+        images_per_call=4,
         progress=True,
     )
     out, err = capsys.readouterr()
