@@ -26,6 +26,8 @@ from .api import explain, make_explainer
 from .explanation import Explanation
 from .methods import Explainer, get_method, list_methods, methods, register_method, score_masks
 from .models import (
+    Family,
+    FamilyAdapter,
     Geometry,
     ModelAdapter,
     Preprocessing,
@@ -46,6 +48,8 @@ __all__ = [
     "CaptureError",
     "Explainer",
     "Explanation",
+    "Family",
+    "FamilyAdapter",
     "Geometry",
     "InvalidInputError",
     "ModelAdapter",

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from . import zoo  # noqa: F401  (registers the shipped models' aliases)
-from ._base import Geometry, ModelAdapter, model_lock
+from ._base import (
+    AttentionSource,
+    BlockSources,
+    Geometry,
+    ModelAdapter,
+    QKVSource,
+    TokenLayout,
+    inherits,
+    model_lock,
+)
 from ._capture import Capture
+from ._family import Family, FamilyAdapter
 from ._guard import hook_counts, preserved_state
 from ._loading import load_checkpoint, load_model, model_aliases, save_checkpoint
 from ._lookup import adapters, get_adapter, supported_models
@@ -15,18 +25,25 @@ from .hf_vit import HFViTAdapter
 from .timm_vit import TimmViTAdapter
 
 __all__ = [
+    "AttentionSource",
+    "BlockSources",
     "Capture",
+    "Family",
+    "FamilyAdapter",
     "Geometry",
     "HFViTAdapter",
     "ModelAdapter",
     "Preprocessing",
+    "QKVSource",
     "TimmViTAdapter",
+    "TokenLayout",
     "ZeroShotClassifier",
     "adapters",
     "attach_preprocessing",
     "get_adapter",
     "hf_to_timm",
     "hook_counts",
+    "inherits",
     "load_checkpoint",
     "load_model",
     "model_aliases",
