@@ -23,6 +23,7 @@ from ._zero_shot import ZeroShotClassifier, zero_shot
 from .convert import hf_to_timm, timm_to_hf
 from .hf_vit import HFViTAdapter
 from .timm_vit import TimmViTAdapter
+from .torchvision_vit import TorchvisionViTAdapter
 
 __all__ = [
     "AttentionSource",
@@ -37,6 +38,7 @@ __all__ = [
     "QKVSource",
     "TimmViTAdapter",
     "TokenLayout",
+    "TorchvisionViTAdapter",
     "ZeroShotClassifier",
     "adapters",
     "attach_preprocessing",

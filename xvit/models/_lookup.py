@@ -13,12 +13,14 @@ from .._registry import Registry
 from ._base import ModelAdapter
 from .hf_vit import HFViTAdapter
 from .timm_vit import TimmViTAdapter
+from .torchvision_vit import TorchvisionViTAdapter
 
 #: Adapter classes by name; plugins through the ``xvit.adapters`` entry points.
 #: :func:`get_adapter` asks them in :func:`adapter_order`.
 adapters: Registry[type[ModelAdapter]] = Registry("model adapter", group="xvit.adapters")
 adapters.register("hf", HFViTAdapter)
 adapters.register("timm", TimmViTAdapter)
+adapters.register("torchvision", TorchvisionViTAdapter)
 
 
 def adapter_order() -> list[type[ModelAdapter]]:
@@ -27,7 +29,7 @@ def adapter_order() -> list[type[ModelAdapter]]:
 
     Example:
         >>> [cls.__name__ for cls in adapter_order()]
-        ['HFViTAdapter', 'TimmViTAdapter']
+        ['HFViTAdapter', 'TimmViTAdapter', 'TorchvisionViTAdapter']
     """
     ranked = sorted(adapters.items(), key=lambda item: (getattr(item[1], "priority", 0), item[0]))
     return [cls for _, cls in ranked]

@@ -1,0 +1,73 @@
+"""Tiny models of the families beyond timm/HF ViT and DeiT (issue 14), with the oracles the
+tests compare against: each family's own eager attention probabilities, taken through a
+route xvit does not use, and its q/k/v for the GradMask reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+NUM_CLASSES = 5
+
+
+def _randomise_zero_inits(model: nn.Module) -> nn.Module:
+    """Families zero-initialise heads, biases and relative tables: give them values."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+def torchvision_vit() -> nn.Module:
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=3,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=NUM_CLASSES,
+    )
+    return _randomise_zero_inits(model).eval()  # its head starts at zero
+
+
+#: name -> factory of a tiny model of a new family
+FAMILY_FACTORIES: dict[str, Callable[[], nn.Module]] = {
+    "torchvision-vit": torchvision_vit,
+}
+
+
+# --- oracles: the model's own attention probabilities --------------------------------------
+def torchvision_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Per-head probabilities from torch's own MHA (``need_weights=True``), per block."""
+    found: list[torch.Tensor] = []
+    handles = []
+
+    def pre(_m, args, kwargs):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    def post(_m, _args, out):
+        found.append(out[1])
+
+    for block in model.encoder.layers:
+        handles.append(block.self_attention.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.self_attention.register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+PROBABILITIES: dict[str, Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]] = {
+    "torchvision-vit": torchvision_probabilities,
+}

@@ -1,0 +1,174 @@
+"""The families of issue 14 on the declared-family adapter: every method runs on each, the
+model is untouched, GradMask equals the per-image reference of test_gradmask.py, attention
+and rollout equal references built from the model's own eager probabilities."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from family_models import FAMILY_FACTORIES, PROBABILITIES
+from test_gradmask import Block, Weights, reference_gradmask, spread_weights
+from torch import nn
+
+import xvit
+from model_state import snapshot
+from xvit.methods.gradmask import GradMask
+
+FAMILIES = sorted(FAMILY_FACTORIES)
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def _input(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    geo = xvit.get_adapter(model).geometry
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, geo.in_chans, *geo.image_size, generator=g)
+
+
+def _forwards_replaced(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if "forward" in vars(m)]
+
+
+# --- the contract --------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_runs_and_leaves_the_model_untouched(family: str) -> None:
+    model = FAMILY_FACTORIES[family]()
+    x = _input(model)
+    geo = xvit.get_adapter(model).geometry
+    before = snapshot(model)
+    for method in xvit.list_methods():
+        cls = xvit.get_method(method)
+        params = dict(cls.quick_params)
+        if cls.randomized:
+            params["seed"] = 0
+        result = xvit.explain(method, model, x, **params)
+        assert torch.isfinite(result.map).all(), method
+        assert tuple(result.map.shape) in ((2, *geo.grid()), (2, *geo.image_size)), method
+        assert snapshot(model) == before, method
+        assert not _forwards_replaced(model), method
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_logits_equal_the_model(family: str) -> None:
+    model = FAMILY_FACTORIES[family]()
+    x = _input(model)
+    adapter = xvit.get_adapter(model)
+    with torch.no_grad():
+        own = model(x)
+        torch.testing.assert_close(adapter.forward_logits(x), own)
+        torch.testing.assert_close(adapter.scoring_logits(x), own, rtol=1e-5, atol=1e-5)
+        with adapter.eager_attention():  # the eager path computes the same logits
+            torch.testing.assert_close(adapter.forward_logits(x), own, rtol=1e-5, atol=1e-5)
+
+
+# --- attention and rollout from the model's own probabilities ------------------------------
+def _probabilities(family: str, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    return [a.double() for a in PROBABILITIES[family](model, x)]
+
+
+def _row(matrix: torch.Tensor, prefix: int) -> torch.Tensor:
+    return (matrix[0] if prefix else matrix.mean(dim=0))[prefix:]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_and_rollout_match_the_models_probabilities(family: str) -> None:
+    model = FAMILY_FACTORIES[family]()
+    x = _input(model)
+    geo = xvit.get_adapter(model).geometry
+    prefix, grid = geo.num_prefix_tokens, geo.grid()
+    probs = _probabilities(family, model, x)
+    n = probs[0].shape[-1]
+    eye = torch.eye(n, dtype=torch.float64)
+    attention, rollout = [], []
+    for i in range(len(x)):
+        attention.append(_row(probs[-1][i].mean(dim=0), prefix))
+        r = eye
+        for a in probs:
+            step = a[i].mean(dim=0) + eye
+            r = (step / step.sum(dim=1, keepdim=True)) @ r
+        rollout.append(_row(r, prefix))
+    got = xvit.explain("attention", model, x).map.double()
+    torch.testing.assert_close(got, torch.stack(attention).reshape(len(x), *grid), **TOL)
+    got = xvit.explain("rollout", model, x).map.double()
+    torch.testing.assert_close(got, torch.stack(rollout).reshape(len(x), *grid), **TOL)
+
+
+# --- GradMask equals the per-image reference -----------------------------------------------
+def _lin(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    return weight.detach(), None if bias is None else bias.detach()
+
+
+def _ln(m: nn.LayerNorm) -> tuple:
+    return m.weight.detach(), m.bias.detach(), float(m.eps)
+
+
+def torchvision_weights(m: nn.Module) -> Weights:
+    """A torchvision ViT as the plain tensors of test_gradmask's reference forward."""
+    blocks = []
+    for b in m.encoder.layers:
+        mha = b.self_attention
+        ws, bs = mha.in_proj_weight.chunk(3, 0), mha.in_proj_bias.chunk(3, 0)
+        blocks.append(
+            Block(
+                _ln(b.ln_1),
+                *(_lin(w, bias) for w, bias in zip(ws, bs)),
+                _lin(mha.out_proj.weight, mha.out_proj.bias),
+                _ln(b.ln_2),
+                _lin(b.mlp[0].weight, b.mlp[0].bias),
+                _lin(b.mlp[3].weight, b.mlp[3].bias),
+            )
+        )
+    head = m.heads.head
+    return Weights(
+        heads=m.encoder.layers[0].self_attention.num_heads,
+        patch=(m.patch_size, m.patch_size),
+        conv=_lin(m.conv_proj.weight, m.conv_proj.bias),
+        tokens=[m.class_token.detach()],
+        pos=m.encoder.pos_embedding.detach(),
+        pos_covers_prefix=True,
+        blocks=blocks,
+        norm=_ln(m.encoder.ln),
+        fc_norm=None,
+        pool="token",
+        classifiers=[(head.weight.detach(), head.bias.detach(), 0)],
+    )
+
+
+WEIGHTS = {"torchvision-vit": torchvision_weights}
+
+
+@pytest.mark.parametrize("family", sorted(WEIGHTS))
+def test_gradmask_matches_reference(family: str) -> None:
+    model = spread_weights(FAMILY_FACTORIES[family]())
+    w = WEIGHTS[family](model)
+    x = _input(model)
+    with torch.no_grad():
+        targets = model(x).argmax(-1)
+    start = time.perf_counter()
+    e = xvit.explain("gradmask", model, x)
+    print(f"{family}: gradmask {1000 * (time.perf_counter() - start) / len(x):.1f} ms/image")
+    masks = GradMask().masks(xvit.get_adapter(model), x, targets)
+    for i in range(len(x)):
+        ref_map, ref_masks = reference_gradmask(w, x[i], int(targets[i]))
+        assert torch.equal(masks[i], ref_masks)
+        torch.testing.assert_close(e.map[i], ref_map, **TOL)
+
+
+# --- what is refused -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["resnet18", "swin_tiny_patch4_window7_224"])
+def test_swin_and_cnns_are_refused_listing_the_families(name: str) -> None:
+    import timm
+
+    model = timm.create_model(name, pretrained=False, num_classes=3)
+    with pytest.raises(xvit.UnsupportedModelError) as info:
+        xvit.get_adapter(model)
+    for _, cls in xvit.models.adapters.items():
+        assert cls.description in str(info.value)
+
+
+def test_require_names_the_missing_capability() -> None:
+    adapter = xvit.get_adapter(FAMILY_FACTORIES[FAMILIES[0]]())
+    adapter.require("qkv", "attention", method="gae")
+    with pytest.raises(xvit.UnsupportedModelError, match=r"rollout needs 'teleport'"):
+        adapter.require("teleport", method="rollout")
