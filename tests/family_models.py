@@ -38,9 +38,35 @@ def torchvision_vit() -> nn.Module:
     return _randomise_zero_inits(model).eval()  # its head starts at zero
 
 
+def hf_dinov2(registers: int = 0) -> nn.Module:
+    from transformers import (
+        Dinov2Config,
+        Dinov2ForImageClassification,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersForImageClassification,
+    )
+
+    kw = dict(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=NUM_CLASSES,
+    )
+    torch.manual_seed(0)
+    if registers:
+        config = Dinov2WithRegistersConfig(**kw, num_register_tokens=registers)
+        return Dinov2WithRegistersForImageClassification(config).eval()
+    return Dinov2ForImageClassification(Dinov2Config(**kw)).eval()
+
+
 #: name -> factory of a tiny model of a new family
 FAMILY_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "torchvision-vit": torchvision_vit,
+    "hf-dinov2": hf_dinov2,
+    "hf-dinov2-registers": lambda: hf_dinov2(registers=4),
 }
 
 
@@ -68,6 +94,22 @@ def torchvision_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.T
     return found
 
 
+def hf_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """``output_attentions`` of the model's own forward on its eager path."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+    saved = {k: c._attn_implementation for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation = "eager"
+        with torch.no_grad():
+            return list(model(pixel_values=x, output_attentions=True).attentions)
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = saved[k]
+
+
 PROBABILITIES: dict[str, Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]] = {
     "torchvision-vit": torchvision_probabilities,
+    "hf-dinov2": hf_probabilities,
+    "hf-dinov2-registers": hf_probabilities,
 }

@@ -21,6 +21,7 @@ from ._lookup import adapters, get_adapter, supported_models
 from ._preprocessing import Preprocessing, attach_preprocessing
 from ._zero_shot import ZeroShotClassifier, zero_shot
 from .convert import hf_to_timm, timm_to_hf
+from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
 from .timm_vit import TimmViTAdapter
 from .torchvision_vit import TorchvisionViTAdapter
@@ -32,6 +33,7 @@ __all__ = [
     "Family",
     "FamilyAdapter",
     "Geometry",
+    "HFDinov2Adapter",
     "HFViTAdapter",
     "ModelAdapter",
     "Preprocessing",
