@@ -187,7 +187,10 @@ def hybrid_reference_gradmask(
 
 def _dinov2_qkv(model: nn.Module) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
     backbone = getattr(model, "dinov2", None) or model.dinov2_with_registers
-    return [(a.q_proj, a.k_proj, a.v_proj) for a in (l.attention for l in backbone.encoder.layer)]
+    return [
+        (a.q_proj, a.k_proj, a.v_proj)
+        for a in (layer.attention for layer in backbone.encoder.layer)
+    ]
 
 
 HYBRID = {"hf-dinov2": _dinov2_qkv, "hf-dinov2-registers": _dinov2_qkv}
