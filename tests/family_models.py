@@ -113,3 +113,56 @@ PROBABILITIES: dict[str, Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]
     "hf-dinov2": hf_probabilities,
     "hf-dinov2-registers": hf_probabilities,
 }
+
+
+def _timm(name: str, **kw) -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    base = dict(
+        pretrained=False,
+        num_classes=NUM_CLASSES,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=3,
+        num_heads=2,
+    )
+    return _randomise_zero_inits(timm.create_model(name, **{**base, **kw})).eval()
+
+
+def timm_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """timm's own eager branch (``fused_attn`` off, set by this test): ``attn_drop`` input."""
+    found: list[torch.Tensor] = []
+    attns = [b.attn for b in model.blocks]
+    saved = [a.fused_attn for a in attns]
+    handles = [
+        a.attn_drop.register_forward_hook(lambda _m, i, _o: found.append(i[0])) for a in attns
+    ]
+    try:
+        for a in attns:
+            a.fused_attn = False
+        with torch.no_grad():
+            model(x)
+    finally:
+        for a, s in zip(attns, saved):
+            a.fused_attn = s
+        for h in handles:
+            h.remove()
+    return found
+
+
+FAMILY_FACTORIES.update(
+    {
+        "timm-eva02-fused": lambda: _timm(
+            "eva02_tiny_patch14_224", ref_feat_shape=(4, 4), qkv_fused=True
+        ),
+        "timm-eva02-separate": lambda: _timm(
+            "eva02_tiny_patch14_224", ref_feat_shape=(4, 4), qkv_fused=False, num_reg_tokens=2
+        ),
+        "timm-beit-avg": lambda: _timm("beitv2_base_patch16_224", global_pool="avg"),
+        "timm-beit-token": lambda: _timm("beitv2_base_patch16_224", global_pool="token"),
+    }
+)
+for _name in ("timm-eva02-fused", "timm-eva02-separate", "timm-beit-avg", "timm-beit-token"):
+    PROBABILITIES[_name] = timm_probabilities

@@ -140,7 +140,7 @@ WEIGHTS = {"torchvision-vit": torchvision_weights}
 
 def hybrid_reference_gradmask(
     model: nn.Module,
-    qkv_modules: list[tuple[nn.Module, nn.Module, nn.Module]],
+    qkv_modules: list[tuple[nn.Module, ...]],
     image: torch.Tensor,
     target: int,
     prefix: int,
@@ -148,26 +148,28 @@ def hybrid_reference_gradmask(
     masks_per_layer: int = 4,
 ) -> torch.Tensor:
     """GRADMASK.md for one image, where the family's forward is too long to rewrite here:
-    the model's own forward gives the logit (q/k/v recorded by this test's own hooks on
-    separate projections), and every masked image is scored alone by the model's own
-    forward; steps 2-8 as in :func:`reference_gradmask`."""
+    the model's own forward gives the logit (q/k/v recorded by this test's own hooks: three
+    projections per block, or one fused [q | k | v] output), and every masked image is
+    scored alone by the model's own forward; steps 2-8 as in :func:`reference_gradmask`."""
     kept: list[torch.Tensor] = []
     handles = [
         m.register_forward_hook(lambda _m, _i, out: kept.append(out))
-        for triple in qkv_modules
-        for m in triple
+        for group in qkv_modules
+        for m in group
     ]
     try:
         with torch.enable_grad():
             x = image[None].clone().requires_grad_(True)
-            logit = model(pixel_values=x).logits[0, target]
+            logit = _logits(model, x)[0, target]
             grads = torch.autograd.grad(logit, kept, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
     grads = [torch.zeros_like(z) if g is None else g for z, g in zip(kept, grads)]
+    if len(qkv_modules[0]) == 1:  # fused: split [q | k | v]
+        grads = [part for g in grads for part in g.chunk(3, dim=-1)]
     gh, gw = image.shape[-2] // patch, image.shape[-1] // patch
-    d = kept[0].shape[-1]
+    d = grads[0].shape[-1]
     size = d // masks_per_layer
     masks = []
     for proj in range(3):
@@ -180,32 +182,55 @@ def hybrid_reference_gradmask(
     with torch.no_grad():
         for mask in masks:
             up = mask.repeat_interleave(patch, dim=0).repeat_interleave(patch, dim=1)
-            logits = model(pixel_values=(image * up)[None]).logits
-            heat += torch.softmax(logits, dim=-1)[0, target] * mask
+            heat += torch.softmax(_logits(model, (image * up)[None]), dim=-1)[0, target] * mask
     return heat
 
 
-def _dinov2_qkv(model: nn.Module) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if type(model).__module__.startswith("transformers."):
+        return model(pixel_values=x).logits
+    return model(x)
+
+
+def _dinov2_qkv(model: nn.Module) -> list[tuple[nn.Module, ...]]:
     backbone = getattr(model, "dinov2", None) or model.dinov2_with_registers
-    return [
-        (a.q_proj, a.k_proj, a.v_proj)
-        for a in (layer.attention for layer in backbone.encoder.layer)
-    ]
+    attns = [layer.attention for layer in backbone.encoder.layer]
+    return [(a.q_proj, a.k_proj, a.v_proj) for a in attns]
 
 
-HYBRID = {"hf-dinov2": _dinov2_qkv, "hf-dinov2-registers": _dinov2_qkv}
+def _timm_qkv(model: nn.Module) -> list[tuple[nn.Module, ...]]:
+    """timm Eva/Beit: separate projections, or the fused ``qkv`` module, which runs (and so
+    can be hooked) with ``qkv_bias_separate`` set by the caller."""
+    attns = [b.attn for b in model.blocks]
+    if isinstance(getattr(attns[0], "q_proj", None), nn.Linear):
+        return [(a.q_proj, a.k_proj, a.v_proj) for a in attns]
+    return [(a.qkv,) for a in attns]
+
+
+HYBRID = {
+    "hf-dinov2": _dinov2_qkv,
+    "hf-dinov2-registers": _dinov2_qkv,
+    "timm-eva02-fused": _timm_qkv,
+    "timm-eva02-separate": _timm_qkv,
+    "timm-beit-avg": _timm_qkv,
+    "timm-beit-token": _timm_qkv,
+}
 
 
 @pytest.mark.parametrize("family", sorted(HYBRID))
 def test_gradmask_matches_hybrid_reference(family: str) -> None:
     model = spread_weights(FAMILY_FACTORIES[family]())
-    x = _input(model)
+    x = _input(model, batch=1)  # one image: the reference forwards each mask alone
     geo = xvit.get_adapter(model).geometry
     with torch.no_grad():
-        targets = model(pixel_values=x).logits.argmax(-1)
+        targets = _logits(model, x).argmax(-1)
     start = time.perf_counter()
     e = xvit.explain("gradmask", model, x)
     print(f"{family}: gradmask {1000 * (time.perf_counter() - start) / len(x):.1f} ms/image")
+    attns = [b.attn for b in getattr(model, "blocks", [])]
+    separate = [a for a in attns if hasattr(a, "qkv_bias_separate")]
+    for a in separate:  # the test's own route to the fused output: the module runs, hooked
+        a.qkv_bias_separate = True
     for i in range(len(x)):
         ref = hybrid_reference_gradmask(
             model,
@@ -216,6 +241,8 @@ def test_gradmask_matches_hybrid_reference(family: str) -> None:
             geo.patch_size[0],
         )
         torch.testing.assert_close(e.map[i], ref, **TOL)
+    for a in separate:
+        a.qkv_bias_separate = False
 
 
 @pytest.mark.parametrize("family", sorted(WEIGHTS))

@@ -23,6 +23,7 @@ from ._zero_shot import ZeroShotClassifier, zero_shot
 from .convert import hf_to_timm, timm_to_hf
 from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
+from .timm_eva_beit import TimmBeitAdapter, TimmEvaAdapter
 from .timm_vit import TimmViTAdapter
 from .torchvision_vit import TorchvisionViTAdapter
 
@@ -38,6 +39,8 @@ __all__ = [
     "ModelAdapter",
     "Preprocessing",
     "QKVSource",
+    "TimmBeitAdapter",
+    "TimmEvaAdapter",
     "TimmViTAdapter",
     "TokenLayout",
     "TorchvisionViTAdapter",
