@@ -43,10 +43,10 @@ def _forget(modules: Iterable[str], methods: Iterable[str]) -> None:
     """Unregister ``methods`` and unload ``modules``: the next lookup reads entry points again."""
     for name in methods:
         if name in xvit.list_methods():
-            xvit.methods.unregister(name)
+            xvit.method_registry.unregister(name)
     for module in modules:
         sys.modules.pop(module, None)
-    xvit.methods.refresh()
+    xvit.method_registry.refresh()
 
 
 @contextmanager

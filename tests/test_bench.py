@@ -58,7 +58,7 @@ class Counting(xvit.Explainer):
         self.calls = 0
         self.images = 0
 
-    def attribute(self, adapter, inputs, target):
+    def compute(self, adapter, inputs, target):
         if self.fail_after is not None and self.images >= self.fail_after:
             raise RuntimeError("simulated crash")
         self.calls += 1
@@ -87,7 +87,7 @@ def test_results_written_and_table_printed(model, tmp_path: Path, capsys) -> Non
         methods=["random", Counting()],
         metrics="all",
         n=5,
-        batch_size=2,
+        images_per_call=2,
         out_dir=tmp_path,
         progress=True,  # prints the table at the end
     )
@@ -143,7 +143,7 @@ class Brightness(xvit.Explainer):
     name = "brightness"
     family = "test"
 
-    def attribute(self, adapter, inputs, target):
+    def compute(self, adapter, inputs, target):
         return inputs[:, 0].clone()
 
 
@@ -175,7 +175,7 @@ def test_resume_does_not_recompute(model, tmp_path: Path) -> None:
         methods=[first],
         metrics=FAST,
         n=4,
-        batch_size=3,
+        images_per_call=3,
         out_dir=tmp_path,
         progress=False,
     )
@@ -187,7 +187,7 @@ def test_resume_does_not_recompute(model, tmp_path: Path) -> None:
         methods=[again],
         metrics=FAST,
         n=4,
-        batch_size=3,
+        images_per_call=3,
         out_dir=tmp_path,
         progress=False,
     )
@@ -199,7 +199,7 @@ def test_resume_does_not_recompute(model, tmp_path: Path) -> None:
         methods=[more],
         metrics=FAST,
         n=6,
-        batch_size=3,
+        images_per_call=3,
         out_dir=tmp_path,
         progress=False,
     )
@@ -213,7 +213,7 @@ def test_resume_does_not_recompute(model, tmp_path: Path) -> None:
         methods=[extra],
         metrics=[*FAST, "deletion"],
         n=6,
-        batch_size=3,
+        images_per_call=3,
         out_dir=tmp_path,
         progress=False,
     )
@@ -231,7 +231,7 @@ def test_interrupted_run_resumes_where_it_stopped(model, tmp_path: Path) -> None
             methods=[crashing],
             metrics=FAST,
             n=6,
-            batch_size=2,
+            images_per_call=2,
             out_dir=tmp_path,
             progress=False,
         )
@@ -247,7 +247,7 @@ def test_interrupted_run_resumes_where_it_stopped(model, tmp_path: Path) -> None
             methods=[rest],
             metrics=FAST,
             n=6,
-            batch_size=2,
+            images_per_call=2,
             out_dir=tmp_path,
             progress=False,
         )
@@ -328,7 +328,7 @@ def test_randomized_methods_do_not_depend_on_batching(model) -> None:
         methods="random",
         metrics=["insertion", "pointing_game"],
         n=5,
-        batch_size=1,
+        images_per_call=1,
         progress=False,
     )
     b = run_benchmark(
@@ -337,7 +337,7 @@ def test_randomized_methods_do_not_depend_on_batching(model) -> None:
         methods="random",
         metrics=["insertion", "pointing_game"],
         n=5,
-        batch_size=5,
+        images_per_call=5,
         progress=False,
     )
     for ra, rb in zip(a.records, b.records):
@@ -363,7 +363,7 @@ def test_all_means_every_registered_method_including_plugins() -> None:
         names = [e.name for e in resolve_methods("all")]
         registered = xvit.list_methods()
     finally:
-        xvit.methods.unregister("plugin-test-method")
+        xvit.method_registry.unregister("plugin-test-method")
     assert "plugin-test-method" in names and "random" in names
     assert names == registered
 
@@ -428,7 +428,7 @@ def bench_args(model, tmp_path: Path, monkeypatch) -> list[str]:
     fake = types.ModuleType("xvit.data")
     fake.get_dataset = lambda name, **kw: fake_dataset(kw.get("n", 3))  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "xvit.data", fake)
-    return ["--model", str(ckpt), "--data", "fake:n=3", "--n", "3", "--batch-size", "2"]
+    return ["--model", str(ckpt), "--data", "fake:n=3", "--n", "3", "--images-per-call", "2"]
 
 
 def test_cli(bench_args: list[str], tmp_path: Path) -> None:
@@ -554,3 +554,19 @@ def test_dataset_options_are_read_by_the_rule_of_p() -> None:
         load_samples("digits:n", 1)
     with pytest.raises(xvit.ParameterError, match=r"dataset option 'a\.n=1' is not KEY=VALUE"):
         load_samples("digits:a.n=1", 1)
+
+
+def test_images_per_call_has_its_own_name(model) -> None:
+    """The benchmark's group of images per call is ``images_per_call``; its old name
+    ``batch_size`` (the name of a method's model inputs per forward) still works, with a
+    DeprecationWarning, and gives the same records; so does ``--batch-size`` on the CLI."""
+    data = fake_dataset(2)
+    kw = dict(methods="random", metrics="pointing_game", n=2, progress=False)
+    new = run_benchmark(model, data, images_per_call=1, **kw)
+    with pytest.warns(DeprecationWarning, match="images_per_call"):
+        old = run_benchmark(model, data, batch_size=1, **kw)
+    assert [r["scores"] for r in new.records] == [r["scores"] for r in old.records]
+    with pytest.raises(xvit.ParameterError, match="images_per_call must be a positive integer"):
+        run_benchmark(model, data, images_per_call=0, **kw)
+    option = {p.name: p for p in bench_command.params}["images_per_call"]
+    assert {"--images-per-call", "--batch-size"} <= set(option.opts)

@@ -157,7 +157,7 @@ def test_a_setting_for_its_method_overrides_a_bare_one_in_any_order() -> None:
     from xvit._cli_support import Selection, build
 
     items = ["rise.num_masks=8", "num_masks=50", "seed=3", "seed=4"]
-    (built,) = build([Selection(xvit.methods, "rise,vitcx,random", "--methods")], items)
+    (built,) = build([Selection(xvit.method_registry, "rise,vitcx,random", "--methods")], items)
     assert [(e.name, getattr(e, "num_masks", None), e.seed) for e in built] == [
         ("rise", 8, 4),
         ("vitcx", None, 4),

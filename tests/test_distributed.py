@@ -41,7 +41,7 @@ ARGS = [
     "gradmask.masks_per_layer=1",
     "--metrics",
     "insertion,pointing_game",  # a curve metric (for the plot) and a box metric
-    "--batch-size",
+    "--images-per-call",
     "1",
 ]
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -240,14 +240,14 @@ FAILING = """
         name = "boom"
         family = "test"
 
-        def attribute(self, adapter, inputs, target):
+        def compute(self, adapter, inputs, target):
             if any(torch.equal(x, bad) for x in inputs):
                 raise RuntimeError("boom")
             return inputs[:, 0, ::8, ::8].clone()
 
 
     run_benchmark(model, data, methods=[Boom()], metrics="pointing_game", n=6,
-                  batch_size=1, out_dir=sys.argv[1], progress=False)
+                  images_per_call=1, out_dir=sys.argv[1], progress=False)
 """
 
 
@@ -308,7 +308,9 @@ def test_a_single_process_resumes_from_rank_files(tmp_path: Path) -> None:
     """A distributed run killed on 2 ranks, resumed without torchrun (2 ranks -> 1)."""
     model = MODEL_FACTORIES["timm-vit"]()
     data = fake_dataset(6)
-    kw = dict(metrics=["pointing_game", "energy_pointing_game"], batch_size=2, out_dir=tmp_path)
+    kw = dict(
+        metrics=["pointing_game", "energy_pointing_game"], images_per_call=2, out_dir=tmp_path
+    )
     first = Counting()
     run_benchmark(model, data, methods=[first], n=4, progress=False, **kw)
     lines = (tmp_path / "results.jsonl").read_text().splitlines(keepends=True)

@@ -60,7 +60,7 @@ def _public_objects() -> Iterator[tuple[str, object]]:
             obj = getattr(module, name)
             if inspect.isclass(obj) or inspect.isfunction(obj):
                 yield f"{module_name}.{name}", obj
-    for registry in (xvit.methods, importlib.import_module("xvit.metrics").metrics):
+    for registry in (xvit.method_registry, importlib.import_module("xvit.metrics").metrics):
         for name, cls in registry.items():
             if cls.__module__.startswith("xvit."):
                 yield f"{registry.kind} {name}", cls

@@ -17,23 +17,25 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 import xvit
 from conftest import MODEL_FACTORIES, model_input
+from xvit._seeds import derive_seed
 from xvit.metrics import (
+    Batch,
     Deletion,
     EnergyPointingGame,
     Insertion,
+    Metric,
+    MetricResult,
     PointingGame,
-    deletion,
-    energy_pointing_game,
     get_metric,
-    insertion,
     list_metrics,
-    pointing_game,
 )
+from xvit.metrics.functional import deletion, energy_pointing_game, insertion, pointing_game
 from xvit.models._base import Geometry, ModelAdapter
 
 # --------------------------------------------------------------------------------------------
@@ -559,6 +561,108 @@ def test_transform_boxes_drops_cropped_boxes_and_checks_input() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# the call every metric shares: Metric.__call__ checks a batch once, a metric scores it
+
+
+class Probe(Metric):
+    """Keeps the Batch its score receives, and the model's mode during the call."""
+
+    name = "probe"
+    needs_model = True
+    needs_boxes = True
+
+    def __init__(self, *, upsample: str = "nearest") -> None:
+        self.upsample = upsample
+        self.seen: list[tuple[Batch, bool]] = []
+
+    def score(self, batch: Batch) -> MetricResult:
+        assert batch.adapter is not None
+        self.seen.append((batch, batch.adapter.model.training))
+        return MetricResult(self.name, torch.zeros(batch.x.shape[0], dtype=torch.float64))
+
+
+def test_score_receives_the_batch_checked_and_in_shape() -> None:
+    adapter = WeightedPixels(one_hot(4, 4, 0, 0))
+    adapter.model.train()
+    probe = Probe(upsample="bilinear")
+    maps = torch.rand(2, 2, 2, generator=torch.Generator().manual_seed(0))
+    probe(adapter, ones(4, 4, 2).double(), None, maps, [[(0, 0, 2, 2)], []], seeds=[1, 2])
+    ((batch, training),) = probe.seen
+    assert batch.adapter is adapter and batch.size == (4, 4) and not training
+    assert adapter.model.training  # put back after the call
+    assert batch.x.dtype == adapter.dtype  # the images in the model's dtype
+    up = F.interpolate(maps.unsqueeze(1), size=(4, 4), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(batch.saliency, up[:, 0])
+    assert batch.target is not None and batch.target.tolist() == [0, 0]  # the prediction
+    assert batch.boxes is not None and batch.boxes.sum(dim=(1, 2)).tolist() == [4, 0]
+    assert batch.seeds == (1, 2)
+    # the checks are the base's, the same for this metric as for the built-ins
+    boxes = [[(0, 0, 2, 2)], []]
+    with pytest.raises(xvit.InvalidInputError, match="needs ground truth"):
+        probe(adapter, ones(4, 4, 2), None, maps)
+    with pytest.raises(xvit.InvalidInputError, match="1 saliency maps for 2 images"):
+        probe(adapter, ones(4, 4, 2), None, maps[:1], boxes)
+    with pytest.raises(xvit.InvalidInputError, match="out of range"):
+        probe(adapter, ones(4, 4, 2), [7, 0], maps, boxes)
+    with pytest.raises(xvit.ParameterError, match="seeds must be 2 integers"):
+        probe(adapter, ones(4, 4, 2), None, maps, boxes, seeds=[1])
+    with pytest.raises(xvit.InvalidInputError, match="x_batch must be"):
+        probe(adapter, torch.ones(3, 4, 4), None, maps, boxes)
+    assert len(probe.seen) == 1
+
+
+def test_a_metric_overriding_call_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match=r"implement score\(batch\)") as record:
+
+        class Legacy(Metric):
+            name = "legacy"
+
+            def __call__(self, model, x_batch, y_batch, a_batch, s_batch=None, *, seeds=None):
+                return MetricResult(self.name, torch.ones(len(x_batch), dtype=torch.float64))
+
+    assert record[0].filename == __file__  # the warning points at the class
+    assert Legacy()(None, torch.zeros(2, 3, 4, 4), None, None).scores.tolist() == [1.0, 1.0]
+
+
+def test_seeds_none_follows_the_seed_rule() -> None:
+    model = MODEL_FACTORIES["timm-vit"]()
+    x = model_input(model, batch=2, seed=5)
+    sal = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(6))
+    metric = Deletion(substrate="random", seed=3, step=256)
+    implicit = metric(model, x, [0, 1], sal)
+    explicit = metric(model, x, [0, 1], sal, seeds=[derive_seed(3, 0), derive_seed(3, 1)])
+    assert torch.equal(implicit.curves, explicit.curves)
+    fresh = Deletion(substrate="random", seed=None, step=256)
+    torch.manual_seed(0)
+    first = fresh(model, x, [0, 1], sal)
+    torch.manual_seed(0)
+    assert torch.equal(fresh(model, x, [0, 1], sal).curves, first.curves)
+    with pytest.raises(xvit.ParameterError, match="seed must be a non-negative integer"):
+        Deletion(seed=-1)
+
+
+def test_parameters_are_checked_by_the_constraint_tables() -> None:
+    with pytest.raises(
+        xvit.ParameterError, match=r"batch_size must be a positive integer or 'auto'"
+    ):
+        Insertion(batch_size=0)
+    with pytest.raises(xvit.ParameterError, match="fractions must be a sequence of numbers"):
+        Insertion(fractions=3)
+    with pytest.raises(xvit.ParameterError, match="blur_sigma must be a positive number"):
+        Deletion(blur_sigma=0)
+    with pytest.raises(xvit.ParameterError, match="upsample must be one of"):
+        PointingGame(upsample="area")
+    with pytest.raises(xvit.ParameterError, match="tolerance must be a positive number"):
+        pointing_game(torch.rand(1, 2, 2), [[]], tolerance=True)
+    with pytest.raises(xvit.ParameterError, match="normalize must be one of"):
+        EnergyPointingGame(normalize="l2")
+    with pytest.raises(xvit.ParameterError, match="normalize must be one of"):
+        energy_pointing_game(torch.rand(1, 2, 2), [[]], normalize=None)  # no preset here
+    assert EnergyPointingGame(max_box_fraction=math.inf).max_box_fraction == math.inf
+    assert "'auto'" in Insertion.describe_params()["batch_size"]
+
+
+# --------------------------------------------------------------------------------------------
 # registry-wide checks
 
 
@@ -577,8 +681,28 @@ def test_every_registered_metric_is_documented(name: str) -> None:
     doc = inspect.getdoc(cls) or ""
     assert "References:" in doc and "Example:" in doc
     cls.create()  # default settings are valid
+    assert set(cls.constraints()) == set(cls.param_names())  # every parameter declared
 
 
 def test_unknown_metric_lists_known_names() -> None:
     with pytest.raises(xvit.UnknownNameError, match="insertion"):
         get_metric("insertoin")
+
+
+def test_metric_modules_are_modules_and_calling_one_as_its_twin_warns() -> None:
+    """``xvit.metrics.insertion`` is the module of insertion.py (its dotted path imports it);
+    code that called it as the function still gets the function's result, with a warning."""
+    import importlib
+
+    import xvit.metrics
+
+    saliency = torch.zeros(1, 4, 4)
+    saliency[0, 1, 2] = 1.0
+    boxes = [[(8, 4, 12, 8)]]
+    for name in ("insertion", "deletion", "pointing_game", "energy_pointing_game"):
+        module = getattr(xvit.metrics, name)
+        assert module is importlib.import_module(f"xvit.metrics.{name}")
+    with pytest.warns(DeprecationWarning, match="xvit.metrics.functional.pointing_game"):
+        old = xvit.metrics.pointing_game(saliency, boxes, size=(16, 16), tolerance=0.5)
+    new = pointing_game(saliency, boxes, size=(16, 16), tolerance=0.5)
+    assert torch.equal(old, new)

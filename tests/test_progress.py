@@ -171,7 +171,7 @@ def test_nothing_is_left_behind_after_an_error(timm_vit, capsys, monkeypatch) ->
     class Halfway(xvit.Explainer):
         name = "halfway-test"
 
-        def attribute(self, adapter, inputs, target):
+        def compute(self, adapter, inputs, target):
             _progress.count_forwards(1)
             raise RuntimeError("stopped")
 

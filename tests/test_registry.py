@@ -52,7 +52,7 @@ def _registries() -> dict[str, Registry]:
     from xvit.metrics import metrics
     from xvit.models import adapters
 
-    registries = [xvit.methods, metrics, adapters, xvit.model_aliases, datasets]
+    registries = [xvit.method_registry, metrics, adapters, xvit.model_aliases, datasets]
     return {r.kind: r for r in registries}
 
 
@@ -104,7 +104,7 @@ def plugin_path(tmp_path: Path):
             summary = "a test plugin: distance to the image centre"
             def __init__(self, *, power: float = 1.0):
                 self.power = power
-            def attribute(self, adapter, inputs, target):
+            def compute(self, adapter, inputs, target):
                 gh, gw = adapter.geometry.grid(*inputs.shape[-2:])
                 yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
                 d = ((yy - (gh - 1) / 2) ** 2 + (xx - (gw - 1) / 2) ** 2).float()

@@ -345,7 +345,7 @@ def test_two_threads_get_their_own_maps(method: str, model_name: str) -> None:
 
 
 def test_threads_using_captures_and_metrics_directly(timm_vit) -> None:
-    from xvit.methods.attention import capture_attentions
+    from xvit.methods._attention import capture_attentions
     from xvit.methods.gradmask import GradMask
     from xvit.metrics import Deletion
 
@@ -508,7 +508,7 @@ def _bench_cmd(ckpt: Path, out: Path) -> list[str]:
         "deletion,pointing_game",
         "--n",
         "6",
-        "--batch-size",
+        "--images-per-call",
         "1",
         "--out",
         str(out),

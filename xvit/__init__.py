@@ -24,7 +24,14 @@ from ._errors import (
 from ._inputs import load_image
 from .api import explain, make_explainer
 from .explanation import Explanation
-from .methods import Explainer, get_method, list_methods, methods, register_method, score_masks
+from .methods import (
+    Explainer,
+    get_method,
+    list_methods,
+    method_registry,
+    register_method,
+    score_masks,
+)
 from .models import (
     Family,
     FamilyAdapter,
@@ -71,7 +78,7 @@ __all__ = [
     "load_image",
     "load_model",
     "make_explainer",
-    "methods",
+    "method_registry",
     "model_aliases",
     "register_method",
     "save_checkpoint",

@@ -56,14 +56,18 @@ def images_option(help: str) -> Callable[[F], F]:
     )
 
 
-def batch_size_option(default: int) -> Callable[[F], F]:
-    """``--batch-size``: images per explanation call."""
+def images_per_call_option(default: int) -> Callable[[F], F]:
+    """``--images-per-call`` (old name ``--batch-size``, still read): images handed to a
+    method at a time."""
     return click.option(
+        "--images-per-call",
         "--batch-size",
+        "images_per_call",
         type=click.IntRange(min=1),
         default=default,
         show_default=True,
-        help="Images per explanation call.",
+        help="Images handed to a method at a time (--batch-size is its old name). A method's "
+        "own batch_size (-p batch_size=N) counts model inputs per forward.",
     )
 
 

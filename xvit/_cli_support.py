@@ -115,8 +115,8 @@ def build(
         ParameterError: A malformed setting, one no selected component takes, or a bad value.
 
     Example:
-        >>> from xvit.methods import methods
-        >>> build([Selection(methods, "gradmask,rollout", "--methods")],
+        >>> from xvit import method_registry
+        >>> build([Selection(method_registry, "gradmask,rollout", "--methods")],
         ...       ["masks_per_layer=2", "rollout.head_fusion=max"])
         [[GradMask(masks_per_layer=2, ...), AttentionRollout(head_fusion='max', ...)]]
     """

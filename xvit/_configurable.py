@@ -129,11 +129,15 @@ class Configurable:
 
 
 def _checking(init: Callable[..., None]) -> Callable[..., None]:
-    """``init`` preceded by the check of its arguments against the class's constraint table."""
-    signature = inspect.signature(init)
+    """``init`` preceded by the check of its arguments against the class's constraint table.
+
+    The wrapper shares ``init``'s keyword defaults and reads its signature at every call, so
+    defaults changed on ``cls.__init__`` (e.g. ``__kwdefaults__`` patched in a test) apply.
+    """
 
     @functools.wraps(init)
     def checked_init(self: Configurable, *args: Any, **kwargs: Any) -> None:
+        signature = inspect.signature(init)
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         owner = type(self).name or type(self).__name__
@@ -145,5 +149,6 @@ def _checking(init: Callable[..., None]) -> Callable[..., None]:
             return
         init(self, **check_params(owner, type(self).constraints(), values))
 
+    checked_init.__kwdefaults__ = init.__kwdefaults__  # type: ignore[attr-defined]
     checked_init._checks_constraints = True  # type: ignore[attr-defined]
     return checked_init

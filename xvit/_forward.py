@@ -14,7 +14,7 @@ one constraint each, so that they mean the same thing everywhere:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -75,6 +75,37 @@ class ForwardOptions:
     def as_kwargs(self) -> dict[str, Any]:
         """The options as keyword arguments (``batch_size=..., precision=..., compile=...``)."""
         return {"batch_size": self.batch_size, "precision": self.precision, "compile": self.compile}
+
+
+class TakesForwardOptions:
+    """Mixin of a configurable component (a method, a metric) that takes ``batch_size``,
+    ``precision`` and ``compile`` as its own parameters: it declares their constraints
+    (merged into the component's table by :class:`~xvit._configurable.Configurable`) and
+    bundles the stored values as :attr:`forward_options`.
+
+    Example:
+        >>> from xvit._configurable import Configurable
+        >>> class Scorer(TakesForwardOptions, Configurable):
+        ...     name = "scorer"
+        ...     def __init__(self, *, batch_size=64, precision="fp32", compile=False):
+        ...         self.batch_size, self.precision, self.compile = batch_size, precision, compile
+        >>> Scorer(batch_size="auto").forward_options
+        ForwardOptions(batch_size='auto', precision='fp32', compile=False)
+        >>> Scorer(precision="fp16")
+        Traceback (most recent call last):
+        ...
+        xvit._errors.ParameterError: scorer: precision must be one of 'fp32', 'bf16', got 'fp16'
+    """
+
+    parameter_constraints: ClassVar[dict[str, Spec]] = FORWARD_CONSTRAINTS
+    batch_size: int | str
+    precision: str
+    compile: bool
+
+    @property
+    def forward_options(self) -> ForwardOptions:
+        """The component's ``batch_size``, ``precision`` and ``compile`` as one object."""
+        return ForwardOptions(self.batch_size, self.precision, self.compile)
 
 
 def resolve_batch_size(batch_size: int | str, device: torch.device, per_input_bytes: int) -> int:

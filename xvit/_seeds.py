@@ -3,9 +3,19 @@
 Every randomised component (a method that draws masks, a metric that draws noise, the
 benchmark runner) takes ``seed``: a non-negative integer, or None for fresh randomness drawn
 from torch's global generator (so ``torch.manual_seed`` before a call makes it repeatable).
-Where one seed must serve many items (images of a benchmark, images of a batch), each item's
-seed is derived from the seed and a stable key of the item with :func:`derive_seed`, so that
-results do not depend on batching, order or process.
+Where one seed must serve many items (images of a benchmark, images of a batch, masks of a
+method), each item's seed is derived from the seed and a stable key of the item, so that
+results do not depend on batching, order, device or process. Three derivations are in use,
+each keeping the numbers its component has always produced:
+
+- :func:`derive_seed`: a key with a printable name (an image id): the benchmark runner; and
+  a metric called with ``seeds=None``, whose image i gets ``derive_seed(seed, i)``.
+- :func:`content_seed`: the item's own values (an image's bytes): the random map, so that the
+  same image gets the same map in any batch.
+- :func:`index_seed`: an item's position in a fixed list (a mask's index): ViT-CX's noise.
+
+A component that draws all its numbers from one generator (RISE's masks) seeds it with
+:func:`resolve_seed` of its ``seed`` and derives nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._constraints import Integer, Literal, Rule
@@ -61,3 +72,30 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
+
+
+def content_seed(seed: int, data: bytes) -> int:
+    """A 64-bit seed for an item known by its values: the first eight bytes (little-endian)
+    of SHA-256 of the decimal ``seed`` followed by ``data``.
+
+    Example:
+        >>> content_seed(0, b"pixels") == content_seed(0, b"pixels")
+        True
+        >>> content_seed(0, b"pixels") == content_seed(0, b"other pixels")
+        False
+    """
+    digest = hashlib.sha256(str(seed).encode())
+    digest.update(data)
+    return int.from_bytes(digest.digest()[:8], "little")
+
+
+def index_seed(seed: int, index: int) -> int:
+    """A 64-bit seed for item ``index`` of a list: numpy's ``SeedSequence(seed)`` spawned
+    with key ``(index,)``, so it does not depend on which other items are drawn.
+
+    Example:
+        >>> index_seed(9, 5) == index_seed(9, 5), index_seed(9, 5) == index_seed(9, 6)
+        (True, False)
+    """
+    state = np.random.SeedSequence(seed, spawn_key=(int(index),)).generate_state(1, np.uint64)
+    return int(state[0])

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from ._errors import ModelOutputError, ParameterError
+from ._errors import ParameterError
 from ._inputs import prepare_inputs, resolve_targets
 from ._progress import Progress, current_display, format_duration, metering
 from .explanation import Explanation
-from .methods._base import Cost, Explainer
+from .methods._base import Cost, Explainer, named_model_errors
 from .methods._registration import get_method
 from .models import get_adapter, model_lock, preserved_state
 
@@ -94,6 +94,10 @@ def explain(
             during the call (the model's own exception is chained as its cause). The model
             is left as it was in every case.
 
+    The method runs through its guarded :meth:`~xvit.Explainer.attribute` (lock, eval mode,
+    the model's state restored, checked maps), one group of at most
+    :data:`IMAGES_PER_CALL` images at a time.
+
     Example:
         >>> import timm, torch, xvit
         >>> m = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=5, depth=2,
@@ -112,7 +116,7 @@ def explain(
     x, images = prepare_inputs(inputs, adapter, to_device=False)
     device = adapter.device
     with model_lock(adapter.model), preserved_state(adapter.model):
-        try:
+        with named_model_errors(explainer):  # the clean forward, and the estimate of a long call
             logits, per_forward = timed_logits(adapter, x)
             names = adapter.class_names()
             targets = resolve_targets(target, logits, adapter.num_classes, names)
@@ -122,27 +126,19 @@ def explain(
             own = display is None
             if display is None:
                 display = _display(explainer, adapter, x, cost, per_forward, progress)
-            try:
-                with metering(display, cost.forwards) as meter:
-                    parts = []
-                    for part, part_targets in zip(
-                        x.split(IMAGES_PER_CALL), targets.split(IMAGES_PER_CALL)
-                    ):
-                        with meter.part(len(part)):
-                            out = explainer.attribute(adapter, part.to(device), part_targets)
-                        parts.append(out.to(out_device))
-                    maps = torch.cat(parts)
-            finally:
-                if own:
-                    display.close()
-        except ModelOutputError as exc:
-            # say which method was running; chain the model's own error, if any, directly
-            raise ModelOutputError(f"{explainer.name}: {exc}") from exc.__cause__
-    if not torch.isfinite(maps).all():
-        raise ModelOutputError(
-            f"{explainer.name} produced NaN or infinite values although the model's outputs "
-            f"were finite; check its parameters ({explainer.params()}) and the input's scale"
-        )
+        try:
+            with metering(display, cost.forwards) as meter:
+                parts = []
+                for part, part_targets in zip(
+                    x.split(IMAGES_PER_CALL), targets.split(IMAGES_PER_CALL)
+                ):
+                    with meter.part(len(part)):
+                        out = explainer.attribute(adapter, part.to(device), part_targets)
+                    parts.append(out.to(out_device))
+                maps = torch.cat(parts)
+        finally:
+            if own:
+                display.close()
     return Explanation(
         map=maps.detach(),
         method=explainer.name,

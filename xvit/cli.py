@@ -28,10 +28,10 @@ def main(debug: bool) -> None:
 @handle_errors
 def list_cmd() -> None:
     """List explanation methods (with their papers), metrics, datasets and model aliases."""
-    from . import methods, model_aliases
+    from . import method_registry, model_aliases
 
     sections: list[tuple[str, list[tuple[str, str, str]]]] = [
-        ("methods", [(name, cls.summary, cls.paper) for name, cls in methods.items()])
+        ("methods", [(name, cls.summary, cls.paper) for name, cls in method_registry.items()])
     ]
     for title, registry in _optional_registries():
         sections.append(
@@ -164,7 +164,7 @@ def explain_cmd(
     from ._cli_support import Selection, build
     from ._devices import check_device
     from ._errors import InvalidInputError
-    from .methods import methods
+    from .methods import method_registry
     from .metrics import metrics
     from .viz import compare, save_overlays
 
@@ -173,7 +173,7 @@ def explain_cmd(
             raise InvalidInputError(f"image file not found: {image}; check the path")
     no_metrics = "xvit explain computes no metrics; set metric parameters in xvit bench"
     (explainers,) = build(
-        [Selection(methods, method, "--methods")], params, [(metrics, no_metrics)]
+        [Selection(method_registry, method, "--methods")], params, [(metrics, no_metrics)]
     )
     check_device(device)
     net = load_model(model, device=device)

@@ -17,7 +17,13 @@ from typing import Any
 
 import click
 
-from ._cli_options import batch_size_option, device_option, images_option, model_option, out_option
+from ._cli_options import (
+    device_option,
+    images_option,
+    images_per_call_option,
+    model_option,
+    out_option,
+)
 from ._cli_support import handle_errors
 
 #: Cheaper settings than the methods' defaults, so the whole demo stays within minutes on a
@@ -148,7 +154,7 @@ def export_samples(samples: Sequence[Any], folder: Path) -> list[Path]:
     "xvit-demo", "Folder for gallery.png, table.md, summary.csv/json, curves.png and times.png."
 )
 @device_option
-@batch_size_option(25)
+@images_per_call_option(25)
 @click.option(
     "--export-samples",
     "samples_dir",
@@ -159,7 +165,7 @@ def export_samples(samples: Sequence[Any], folder: Path) -> list[Path]:
 )
 @handle_errors
 def demo_command(
-    model: str, n: int, out_dir: str, device: str, batch_size: int, samples_dir: str | None
+    model: str, n: int, out_dir: str, device: str, images_per_call: int, samples_dir: str | None
 ) -> None:
     """Run every method on the embedded model and data: the gallery (gallery.png) and the
     benchmark (table.md, summary.csv, summary.json, curves.png, times.png, results.jsonl)."""
@@ -188,7 +194,7 @@ def demo_command(
         methods=methods,
         metrics=demo_metrics(adapter.preprocessing.size),
         n=n,
-        batch_size=batch_size,
+        images_per_call=images_per_call,
         out_dir=out,
         progress=True,  # a bar on a terminal, plain lines in a log; prints the table
     )

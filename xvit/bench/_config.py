@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .._errors import ParameterError
+from .._constraints import Flag, Integer, Literal, OneOf, Real, Rule, Spec, check_params
 
 #: What ``target`` may be: the dataset's class, or the model's class on the clean image.
 TARGETS = ("label", "prediction")
@@ -24,16 +23,16 @@ class BenchConfig:
 
     Example:
         >>> config = BenchConfig(n=50, target="prediction", out_dir="bench-out")
-        >>> config.batch_size, config.out_dir.name  # the defaults, and a folder as a Path
+        >>> config.images_per_call, config.out_dir.name  # the defaults, and a folder as a Path
         (16, 'bench-out')
-        >>> BenchConfig(batch_size=0)
+        >>> BenchConfig(images_per_call=0)
         Traceback (most recent call last):
         ...
-        xvit._errors.ParameterError: batch_size must be a positive integer, got 0
+        xvit._errors.ParameterError: images_per_call must be a positive integer, got 0
     """
 
     n: int | None = 200
-    batch_size: int = 16
+    images_per_call: int = 16
     device: str | torch.device | None = None
     seed: int = 0
     target: str = "label"
@@ -44,21 +43,21 @@ class BenchConfig:
     timeout: float = 3600.0
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise ParameterError(f"target must be 'label' or 'prediction', got {self.target!r}")
-        _check_positive_int("batch_size", self.batch_size)
-        if self.n is not None:
-            _check_positive_int("n", self.n)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ParameterError(f"seed must be an integer, got {self.seed!r}")
-        timeout = self.timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ParameterError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        object.__setattr__(self, "timeout", float(timeout))
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, value in check_params("", CONSTRAINTS, values).items():
+            object.__setattr__(self, key, value)
         if self.out_dir is not None:
             object.__setattr__(self, "out_dir", Path(self.out_dir))
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParameterError(f"{name} must be a positive integer, got {value!r}")
+#: What each setting of a run accepts.
+CONSTRAINTS: dict[str, Spec] = {
+    "n": Rule(Integer(low=1), Literal(None, "every image")),
+    "images_per_call": Integer(low=1),
+    "seed": Integer(),
+    "target": OneOf(*TARGETS),
+    "resume": Flag(),
+    "progress": Flag(),
+    "distributed": Rule(Flag(), Literal(None, "from torchrun's environment")),
+    "timeout": Rule(Real(low=0, low_open=True), note="it counts seconds"),
+}

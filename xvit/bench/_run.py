@@ -225,10 +225,10 @@ class RankRun:
         images: list[str] = []  # the images at work, and the method, for a failure's message
         method: str | None = None
         try:
-            for start in range(0, len(mine), config.batch_size):
+            for start in range(0, len(mine), config.images_per_call):
                 if ranks.distributed and self.out is not None and peer_failed(self.out):
                     break
-                samples = mine[start : start + config.batch_size]
+                samples = mine[start : start + config.images_per_call]
                 images, method = [s.id for s in samples], None
                 batch = PreparedBatch.prepare(
                     adapter, samples, self.config.target, self.config.seed

@@ -12,9 +12,9 @@ from typing import Any
 import click
 
 from .._cli_options import (
-    batch_size_option,
     device_option,
     images_option,
+    images_per_call_option,
     model_option,
     out_option,
     param_option,
@@ -48,7 +48,7 @@ DEFAULT_DATA = "digits"
     "Number of images (the first N of the dataset). Under torchrun write -n or --images: "
     "torchrun's own parser takes --n for an abbreviation of its options."
 )
-@batch_size_option(16)
+@images_per_call_option(16)
 @device_option
 @click.option(
     "--seed",
@@ -100,7 +100,7 @@ def bench_command(
     takes its share of the images and rank 0 writes the table. Every method, metric and
     parameter is checked before the model loads.
     """
-    from ..methods import methods as method_registry
+    from ..methods import method_registry
     from ..metrics import metrics as metric_registry
 
     explainers, metric_list = build(
@@ -110,7 +110,7 @@ def bench_command(
         ],
         params,
     )
-    # the other options (--n, --batch-size, --device, --seed, --target, --out, --timeout)
+    # the other options (--n, --images-per-call, --device, --seed, --target, --out, --timeout)
     # are named as run_benchmark's keywords
     results = run_benchmark(
         model, data, explainers, metric_list, resume=not no_resume, progress=True, **options

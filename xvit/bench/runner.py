@@ -16,6 +16,7 @@ rank's run and the summary), :mod:`~xvit.bench._distributed` (the ranks of a dis
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def run_benchmark(
     methods: Any = "all",
     metrics: Any = "all",
     n: int | None = 200,
-    batch_size: int = 16,
+    images_per_call: int = 16,
     device: str | torch.device | None = None,
     seed: int = 0,
     target: str = "label",
@@ -50,6 +51,7 @@ def run_benchmark(
     progress: bool = True,
     distributed: bool | None = None,
     timeout: float = 3600.0,
+    batch_size: int | None = None,
 ) -> BenchmarkResults:
     """Evaluate explanation methods with metrics on a dataset, the same way for every method.
 
@@ -71,7 +73,9 @@ def run_benchmark(
             string, or a list of names, classes or configured explainers.
         metrics: ``"all"`` or names / classes / configured metric instances.
         n: Number of images (the first ``n``; None for all).
-        batch_size: Images per explanation call.
+        images_per_call: Images handed to a method at a time (one :func:`xvit.explain` call
+            per method and group). Each method's own ``batch_size`` counts model inputs per
+            forward (see :mod:`xvit._forward`); this sizes the groups of images instead.
         device: Where the model runs (None: where it is; a model object is moved). In a
             distributed run a CUDA device becomes ``cuda:LOCAL_RANK``.
         seed: Base seed; image ``id`` gets its own seed from (seed, id).
@@ -94,6 +98,7 @@ def run_benchmark(
             ``WORLD_SIZE`` > 1) or an initialised process group says so; False: never.
         timeout: Seconds a rank waits for the others at the start and at the end of a
             distributed run (the end waits for the slowest rank).
+        batch_size: Deprecated name of ``images_per_call`` (a DeprecationWarning).
 
     Returns:
         :class:`BenchmarkResults`; with ``progress`` the table is also printed. In a
@@ -122,9 +127,17 @@ def run_benchmark(
         >>> r.summary("random").images
         2
     """
+    if batch_size is not None:
+        warnings.warn(
+            "run_benchmark(batch_size=...) is deprecated: it is called images_per_call now "
+            "(batch_size is the name of a method's model inputs per forward)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        images_per_call = batch_size
     config = BenchConfig(
         n=n,
-        batch_size=batch_size,
+        images_per_call=images_per_call,
         device=device,
         seed=seed,
         target=target,

@@ -1,25 +1,32 @@
-"""Explanation methods: one file per method, all behind one registry."""
+"""Explanation methods: one file per method (``xvit.methods.gradmask``, ...), all behind one
+registry, ``xvit.method_registry``.
+
+Shared helpers live in private modules named for what they hold: ``_attention`` (capture and
+head fusion), ``_gradients`` (the target-logit gradient pass), ``_layers`` (the ``layer``
+parameter), ``_scoring`` (the mask-scoring kernel). A method file imports only those, never a
+sibling method.
+"""
 
 from __future__ import annotations
 
-from . import attention as _attention  # noqa: F401  (registers the built-in)
-from . import gae as _gae  # noqa: F401  (registers the built-in)
-from . import gradcam as _gradcam  # noqa: F401  (registers the built-in)
-from . import gradmask as _gradmask  # noqa: F401  (registers the built-in)
-from . import random_map as _random_map  # noqa: F401  (registers the built-in)
-from . import rise as _rise  # noqa: F401  (registers the built-in)
-from . import rollout as _rollout  # noqa: F401  (registers the built-in)
-from . import vitcx as _vitcx  # noqa: F401  (registers the built-in)
+import sys
+
+# the built-ins register themselves on import
+from . import attention, gae, gradcam, gradmask, random_map, rise, rollout, vitcx  # noqa: F401
 from ._base import Cost, Explainer
-from ._registration import get_method, list_methods, methods, register_method
+from ._legacy_registry import RegistryPackage
+from ._registration import get_method, list_methods, method_registry, register_method
 from ._scoring import score_masks
+
+# ``xvit.methods`` used as the registry (its former name) still works, with a warning
+sys.modules[__name__].__class__ = RegistryPackage
 
 __all__ = [
     "Cost",
     "Explainer",
     "get_method",
     "list_methods",
-    "methods",
+    "method_registry",
     "register_method",
     "score_masks",
 ]

@@ -1,16 +1,23 @@
-"""The contract every explanation method follows."""
+"""The contract every explanation method follows: a guarded :meth:`Explainer.attribute`
+around the one step a method implements, :meth:`Explainer.compute`."""
 
 from __future__ import annotations
 
-import math
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import torch
+from torch import nn
 
 from .._configurable import Configurable
-from .._errors import ParameterError
+from .._constraints import check_param
+from .._errors import InvalidInputError, ModelOutputError, UnsupportedModelError, XvitError
+from .._forward import FORWARD_CONSTRAINTS
+from ..models import get_adapter, model_lock, preserved_state
 from ..models._base import Geometry, ModelAdapter
 
 #: A gradient pass costs about this many forwards: its forward plus a backward of about
@@ -62,35 +69,44 @@ def _count(n: int, one: str, many: str) -> str:
 class Explainer(Configurable, ABC):
     """Base class of explanation methods.
 
-    A method is configured by keyword arguments to ``__init__`` (validated there, with a
-    :class:`~xvit.ParameterError` naming the problem and the valid range) and explains a batch
-    with :meth:`attribute`: B preprocessed images and B target classes in, B saliency maps out
-    (B x h x w, at the method's native resolution, on the input's device). :meth:`cost`
-    declares the passes through the model that one image takes, for the estimate and the
-    progress of long calls.
+    A method is configured by keyword arguments to ``__init__``: it declares what each one
+    accepts in ``parameter_constraints`` (see :mod:`xvit._constraints`), checked before every
+    ``__init__`` with a :class:`~xvit.ParameterError` naming the problem and the valid range,
+    so the constructor only stores them. It explains a batch with :meth:`attribute`: B
+    preprocessed images and B target classes in, B saliency maps out (B x h x w, at the
+    method's native resolution, on the input's device). :meth:`attribute` is the same for
+    every method (checks, model lock, eval mode, the model's state restored, clear errors)
+    and calls the one step a method implements, :meth:`compute`. :meth:`cost` declares the
+    passes through the model that one image takes, for the estimate and the progress of long
+    calls.
 
-    Class attributes declare what the method is, for listings and for the runner:
+    Class attributes declare what the method is, for listings, checks and the runner:
 
     Attributes:
         name: Registry name.
         summary: One line for ``xvit list``.
         paper: The paper the method implements.
         family: "gradient+mask", "attention", "attention+gradient", "cam", "perturbation".
-        needs_gradients: Whether it backpropagates through the model.
-        needs_attention: Whether it reads attention probabilities.
-        randomized: Whether it draws random numbers (then it takes a ``seed``).
+        needs_gradients: Whether it backpropagates through the model (the default
+            :meth:`cost` is then one gradient pass).
+        needs_attention: Whether it reads attention probabilities (:meth:`attribute` then
+            refuses a model whose adapter provides none).
+        randomized: Whether it draws random numbers (then it takes a ``seed``, see
+            :mod:`xvit._seeds`).
         quick_params: Parameters for a cheap but valid run (used by smoke tests and demos).
 
     Example:
         >>> import torch, xvit
         >>> class Uniform(xvit.Explainer):
         ...     name = "uniform-example"
-        ...     def attribute(self, adapter, inputs, target):
+        ...     def compute(self, adapter, inputs, target):
         ...         gh, gw = adapter.geometry.grid(*inputs.shape[-2:])
         ...         return torch.ones(len(inputs), gh, gw, device=inputs.device)
         >>> model = xvit.load_model("xvit:digits-vit")
         >>> xvit.explain(Uniform(), model, torch.randn(2, 3, 64, 64)).map.shape
         torch.Size([2, 8, 8])
+        >>> Uniform().attribute(model, torch.randn(1, 3, 64, 64), torch.tensor([3])).shape
+        torch.Size([1, 8, 8])
     """
 
     name: ClassVar[str] = ""
@@ -102,12 +118,69 @@ class Explainer(Configurable, ABC):
     randomized: ClassVar[bool] = False
     quick_params: ClassVar[dict[str, Any]] = {}
 
-    @abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        own = cls.__dict__.get("attribute")
+        if own is not None:
+            if "compute" in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__name__} defines both attribute and compute; attribute is final "
+                    f"(it guards every method the same way): implement compute only"
+                )
+            warnings.warn(
+                f"{cls.__name__} overrides Explainer.attribute, which is final: rename the "
+                f"method to compute(adapter, inputs, target); attribute calls it with the "
+                f"checks every method shares. It is used as compute for now.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            cls.compute = own  # type: ignore[method-assign]
+            delattr(cls, "attribute")
+        super().__init_subclass__(**kwargs)
+
+    @final
     def attribute(
+        self, adapter: ModelAdapter | nn.Module, inputs: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """Saliency maps (B x h x w) for preprocessed ``inputs`` and integer ``target``.
+
+        The guarded call of every method, safe to call directly. It checks the inputs, the
+        targets and the model's capabilities (``needs_attention``), then runs
+        :meth:`compute` holding the model's lock, with the model in eval mode and every
+        module's mode, ``requires_grad`` and ``.grad`` restored afterwards, also when it
+        raises. A :class:`~xvit.ModelOutputError` is raised again with the method's name in
+        front (the model's own error stays chained); maps with NaN or inf, or of the wrong
+        shape or device, are refused. :func:`xvit.explain` adds input preparation, target
+        resolution, grouping and progress around it.
+
+        Args:
+            adapter: The model's adapter, or the model itself.
+            inputs: B x C x H x W preprocessed images on the model's device.
+            target: (B,) integer class indices.
+
+        Returns:
+            B x h x w maps at the method's native resolution, on the input's device.
+        """
+        adapter = get_adapter(adapter) if isinstance(adapter, nn.Module) else adapter
+        target = _checked_call(self, adapter, inputs, target)
+        with (
+            model_lock(adapter.model),
+            preserved_state(adapter.model),
+            named_model_errors(self),
+        ):
+            maps = self.compute(adapter, inputs, target)
+        _check_maps(self, maps, inputs)
+        return maps
+
+    @abstractmethod
+    def compute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
-        """Saliency maps (B x h x w) for preprocessed ``inputs`` (B x C x H x W) on the
-        model's device and integer ``target`` (B,). Runs with the model in eval mode."""
+        """The method's own step: saliency maps (B x h x w) for preprocessed ``inputs``
+        (B x C x H x W) on the model's device and integer ``target`` (B,) on the same device.
+
+        Called by :meth:`attribute` only, with the model in eval mode and locked; it must
+        return its maps on the input's device.
+        """
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         """The passes through the model :meth:`attribute` makes per image, with these
@@ -128,29 +201,101 @@ class Explainer(Configurable, ABC):
         return f"{type(self).__name__}({args})"
 
 
-def check_positive_int(name: str, value: Any, method: str) -> int:
-    """Validate a positive integer parameter."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ParameterError(f"{method}: {name} must be a positive integer, got {value!r}")
-    return value
+def _label(explainer: Explainer) -> str:
+    return type(explainer).name or type(explainer).__name__
+
+
+@contextmanager
+def named_model_errors(explainer: Explainer) -> Iterator[None]:
+    """Raise a :class:`~xvit.ModelOutputError` from the block again with the method's name in
+    front, the model's own error (if any) chained directly."""
+    try:
+        yield
+    except ModelOutputError as exc:
+        raise ModelOutputError(f"{_label(explainer)}: {exc}") from exc.__cause__
+
+
+def _checked_call(
+    explainer: Explainer, adapter: ModelAdapter, inputs: Any, target: Any
+) -> torch.Tensor:
+    """Check what :meth:`Explainer.attribute` was given; the target on the input's device."""
+    who = _label(explainer)
+    if not isinstance(inputs, torch.Tensor):
+        raise InvalidInputError(
+            f"{who}: attribute takes a preprocessed B x C x H x W tensor, got a "
+            f"{type(inputs).__name__}; xvit.explain takes images, paths and arrays"
+        )
+    adapter.check_input(inputs)
+    if inputs.device != adapter.device:
+        raise InvalidInputError(
+            f"{who}: the inputs are on {inputs.device} but the model is on {adapter.device}; "
+            f"move them with inputs.to({str(adapter.device)!r}) (xvit.explain moves them itself)"
+        )
+    b = int(inputs.shape[0])
+    if (
+        not isinstance(target, torch.Tensor)
+        or target.is_floating_point()
+        or target.dtype == torch.bool
+        or tuple(target.shape) != (b,)
+    ):
+        got = (
+            f"shape {tuple(target.shape)} {target.dtype}"
+            if isinstance(target, torch.Tensor)
+            else type(target).__name__
+        )
+        raise InvalidInputError(
+            f"{who}: target must be a ({b},) tensor of integer class indices, one per image, "
+            f"got {got}; xvit.explain also takes class names and None (the predicted class)"
+        )
+    n = adapter.num_classes
+    if int(target.min()) < 0 or int(target.max()) >= n:
+        raise InvalidInputError(
+            f"{who}: target holds {int(target.min())} .. {int(target.max())}, out of range: "
+            f"the model has {n} classes (0 .. {n - 1})"
+        )
+    if type(explainer).needs_attention:
+        _check_attention(who, adapter)
+    return target.to(device=inputs.device, dtype=torch.long)
+
+
+def _check_attention(who: str, adapter: ModelAdapter) -> None:
+    """Refuse a model whose adapter declares no attention source for some block."""
+    missing = [i for i, block in enumerate(adapter.blocks()) if block.attention is None]
+    if missing:
+        raise UnsupportedModelError(
+            f"{who} reads attention probabilities, but {type(adapter).__name__} provides none "
+            f"for block(s) {missing}; choose a method that does not need attention"
+        )
+
+
+def _check_maps(explainer: Explainer, maps: Any, inputs: torch.Tensor) -> None:
+    """Refuse maps that break the contract: not B x h x w, elsewhere than the input, or
+    with NaN or infinite values."""
+    who = _label(explainer)
+    b = int(inputs.shape[0])
+    if not (
+        isinstance(maps, torch.Tensor)
+        and maps.dim() == 3
+        and maps.shape[0] == b
+        and maps.device == inputs.device
+    ):
+        got = (
+            f"shape {tuple(maps.shape)} on {maps.device}"
+            if isinstance(maps, torch.Tensor)
+            else f"a {type(maps).__name__}"
+        )
+        raise XvitError(
+            f"{who}: compute returned {got}, but a method must return B x h x w maps "
+            f"(B = {b}) on the input's device ({inputs.device}); fix its compute"
+        )
+    if not torch.isfinite(maps).all():
+        raise ModelOutputError(
+            f"{who} produced NaN or infinite values although the model's outputs "
+            f"were finite; check its parameters ({explainer.params()}) and the input's scale"
+        )
 
 
 def check_batch_size(value: Any, method: str) -> int | str:
-    """``batch_size``: a positive integer or "auto"."""
-    if value == "auto":
-        return "auto"
-    return check_positive_int("batch_size", value, method)
-
-
-def check_finite_number(name: str, value: Any, method: str) -> float:
-    """Validate a real, finite number (e.g. a fill value in the model's input space)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ParameterError(f"{method}: {name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def check_flag(name: str, value: Any, method: str) -> bool:
-    """Validate an on/off parameter: True or False, nothing else."""
-    if not isinstance(value, bool):
-        raise ParameterError(f"{method}: {name} must be True or False, got {value!r}")
-    return value
+    """``batch_size``: a positive integer or "auto" (kept for :mod:`xvit.metrics` until it
+    checks its parameters by constraint; new code declares ``FORWARD_CONSTRAINTS``)."""
+    return check_param(method, "batch_size", value, FORWARD_CONSTRAINTS["batch_size"])

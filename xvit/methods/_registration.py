@@ -1,4 +1,6 @@
-"""The method registry: built-ins register on import, plugins via ``xvit.methods``."""
+"""The method registry: built-ins register on import, plugins through the entry-point group
+``xvit.methods``. It is :data:`method_registry` (``xvit.method_registry``); the name
+``xvit.methods`` is the subpackage of the methods."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from ._base import Explainer
 E = TypeVar("E", bound=type[Explainer])
 
 #: Every explanation method, by name.
-methods: Registry[type[Explainer]] = Registry("method", group="xvit.methods")
+method_registry: Registry[type[Explainer]] = Registry("method", group="xvit.methods")
 
 
 def register_method(cls: E) -> E:
@@ -21,18 +23,18 @@ def register_method(cls: E) -> E:
         >>> @xvit.register_method
         ... class Flat(xvit.Explainer):
         ...     name = "flat-doc"
-        ...     def attribute(self, adapter, inputs, target):
+        ...     def compute(self, adapter, inputs, target):
         ...         gh, gw = adapter.geometry.grid(*inputs.shape[-2:])
         ...         return torch.ones(len(inputs), gh, gw, device=inputs.device)
         >>> "flat-doc" in xvit.list_methods()
         True
-        >>> xvit.methods.unregister("flat-doc")
+        >>> xvit.method_registry.unregister("flat-doc")
     """
     if not (isinstance(cls, type) and issubclass(cls, Explainer)):
         raise TypeError(f"register_method takes an Explainer subclass, got {cls!r}")
     if not cls.name:
         raise ValueError(f"{cls.__name__} must set a class attribute 'name' to be registered")
-    methods.register(cls.name, cls)
+    method_registry.register(cls.name, cls)
     return cls
 
 
@@ -45,7 +47,7 @@ def get_method(name: str | type[Explainer]) -> type[Explainer]:
         >>> cls.__name__, cls.defaults()["masks_per_layer"]
         ('GradMask', 4)
     """
-    return methods.get(name)
+    return method_registry.get(name)
 
 
 def list_methods(pattern: str | None = None) -> list[str]:
@@ -56,4 +58,4 @@ def list_methods(pattern: str | None = None) -> list[str]:
         >>> xvit.list_methods("grad*")
         ['gradcam', 'gradmask']
     """
-    return methods.names(pattern)
+    return method_registry.names(pattern)

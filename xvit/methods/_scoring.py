@@ -3,7 +3,8 @@
 GradMask, RISE and ViT-CX all forward masked (or perturbed) inputs and read the target-class
 probability. This module does that once: masks of all images are flattened into one list of
 (image, mask) pairs and scored in chunks of ``batch_size`` forwards, without a Python loop
-per mask, in ``torch.inference_mode``, on the model's device.
+per mask, in ``torch.inference_mode``, on the model's device. How those forwards run
+(inputs per forward, precision, compilation) is one :class:`~xvit._forward.ForwardOptions`.
 
 Three entry points share one loop:
 
@@ -29,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from .._errors import InvalidInputError, ParameterError
+from .._forward import ForwardOptions
+from .._forward import resolve_batch_size as resolve_inputs_per_forward
 from .._progress import count_forwards
 from ..models._base import ModelAdapter, check_finite_logits
 
@@ -47,42 +50,59 @@ def fill_perturb(fill: float | torch.Tensor = 0.0) -> Perturb:
 
 
 def resolve_batch_size(batch_size: int | str, adapter: ModelAdapter, per_item_bytes: int) -> int:
-    """A concrete chunk size; "auto" sizes chunks from free device memory (CPU: 64)."""
-    if batch_size != "auto":
-        return int(batch_size)
-    device = adapter.device
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        # activations of a ViT forward are roughly 40x the input tensor; keep half free
-        est = max(1, int(free * 0.5 // max(per_item_bytes * 40, 1)))
-        return int(min(est, 1024))
-    return 64
+    """Model inputs per forward for ``batch_size`` on the adapter's device.
+
+    Kept for :mod:`xvit.metrics` until it moves to :class:`~xvit._forward.ForwardOptions`;
+    new code calls :meth:`ForwardOptions.inputs_per_forward`.
+    """
+    return resolve_inputs_per_forward(batch_size, adapter.device, per_item_bytes)
 
 
-PRECISIONS = ("fp32", "bf16")
+def forward_options(
+    options: ForwardOptions | None = None,
+    *,
+    batch_size: int | str | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
+) -> ForwardOptions:
+    """``options``, or one made from the separate keywords the kernel has always taken (those
+    not given keep :class:`~xvit._forward.ForwardOptions`' defaults); not both.
+
+    Example:
+        >>> forward_options(batch_size=8)
+        ForwardOptions(batch_size=8, precision='fp32', compile=False)
+    """
+    given: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("batch_size", batch_size),
+            ("precision", precision),
+            ("compile", compile),
+        )
+        if value is not None
+    }
+    if options is None:
+        return ForwardOptions(**given)
+    if given:
+        raise ParameterError(
+            f"got options= and {', '.join(given)}=; pass the forward options one way: "
+            f"options=ForwardOptions(...), or the separate keywords"
+        )
+    return options
+
 
 _COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., torch.Tensor]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def check_precision(value: Any, method: str) -> str:
-    """``precision``: "fp32" or "bf16"."""
-    if value not in PRECISIONS:
-        raise ParameterError(
-            f"{method}: precision must be one of {', '.join(PRECISIONS)}, got {value!r}"
-        )
-    return str(value)
-
-
 def scoring_forward(
-    adapter: ModelAdapter, precision: str = "fp32", compile: bool = False, pad_to: int | None = None
+    adapter: ModelAdapter, options: ForwardOptions, pad_to: int | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The logits function used for masked forwards: the model's own (fused/SDPA) attention,
-    optionally under bf16 autocast and/or ``torch.compile``."""
-    check_precision(precision, "scoring")
+    under bf16 autocast and/or ``torch.compile`` as ``options`` say."""
     base: Callable[[torch.Tensor], torch.Tensor] = adapter.scoring_logits
-    if compile:
+    if options.compile:
         compiled = _COMPILED.get(adapter.model)
         if compiled is None:
             compiled = torch.compile(adapter.scoring_logits, dynamic=False)
@@ -94,7 +114,8 @@ def scoring_forward(
         n = x.shape[0]
         if pad_to is not None and n < pad_to:  # one shape for the compiled graph
             x = torch.cat([x, x[-1:].expand(pad_to - n, *x.shape[1:])])
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        bf16 = options.precision == "bf16"
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             logits = adapter.logits(x, check_finite=False, forward=base)
         return logits[:n]
 
@@ -108,7 +129,7 @@ def score_binary_masks(
     masks: torch.Tensor,
     *,
     base_probs: torch.Tensor | None = None,
-    **options: Any,
+    **scoring: Any,
 ) -> torch.Tensor:
     """:func:`score_masks` for B x K x h x w binary masks with exact savings.
 
@@ -123,8 +144,8 @@ def score_binary_masks(
         target: (B,) target classes.
         masks: B x K x h x w masks of zeros and ones.
         base_probs: (B,) target probability of each unmasked image, if already known.
-        **options: Passed to :func:`score_masks` (batch_size, perturb, upsample, precision,
-            compile); ``perturb`` must depend on the mask only, not on the pair index.
+        **scoring: Passed to :func:`score_masks` (options, perturb, upsample, or the separate
+            forward keywords); ``perturb`` must depend on the mask only, not on the pair index.
     """
     b, k = masks.shape[:2]
     flat = masks.reshape(b * k, -1)
@@ -147,7 +168,7 @@ def score_binary_masks(
             target,
             unique_masks[todo.to(unique_masks.device)].reshape(-1, *masks.shape[2:]),
             owner=owner[todo.to(owner.device)],
-            **options,
+            **scoring,
         )
     return probs[inverse.to(inputs.device)].view(b, k)
 
@@ -173,12 +194,13 @@ def score_masks(
     target: torch.Tensor,
     masks: torch.Tensor,
     *,
-    batch_size: int | str = 64,
+    options: ForwardOptions | None = None,
     perturb: Perturb | None = None,
     upsample: str = "nearest",
     owner: torch.Tensor | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
+    batch_size: int | str | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
 ) -> torch.Tensor:
     """Target-class probability of every masked copy of every image.
 
@@ -189,7 +211,11 @@ def score_masks(
         masks: B x K x h x w (one set per image) or K x h x w (shared by all images, or, with
             ``owner``, one mask per entry of ``owner``); upsampled to H x W with ``upsample``
             mode when smaller.
-        batch_size: Masked images per forward, or "auto".
+        options: How the masked forwards run (:class:`~xvit._forward.ForwardOptions`):
+            ``batch_size`` masked images per forward (or "auto"), ``precision`` "fp32" or
+            "bf16" (bfloat16 autocast; probabilities are still computed in float32 from the
+            logits), ``compile`` through ``torch.compile`` (chunks are then padded to one
+            size so it compiles once). Default: ``ForwardOptions()``.
         perturb: How a mask is applied, ``(x, m, pair_index) -> x'`` on chunks; default
             ``x * m`` (masked-out pixels become 0, the normalised mean colour). ``pair_index``
             is the position of each pair in the flattened list: ``image * K + mask`` for
@@ -197,10 +223,9 @@ def score_masks(
         upsample: Interpolation mode used to bring masks to the input size.
         owner: Optional (K,) image index of each mask of a K x h x w ``masks``: mask k is
             applied to image ``owner[k]`` only, so images may carry different numbers of masks.
-        precision: "fp32", or "bf16" to run the masked forwards under bfloat16 autocast
-            (probabilities are still computed in float32 from the logits).
-        compile: Run the masked forwards through ``torch.compile`` (chunks are padded to one
-            size so it compiles once).
+        batch_size: Instead of ``options``: its ``batch_size``.
+        precision: Instead of ``options``: its ``precision``.
+        compile: Instead of ``options``: its ``compile``.
 
     Returns:
         B x K probabilities ``softmax(logits)[target]`` (float32); (K,) with ``owner``.
@@ -235,9 +260,10 @@ def score_masks(
             )
         total = b * k
     perturb = perturb or fill_perturb(0.0)
-    chunk = resolve_batch_size(batch_size, adapter, c * h * w * inputs.element_size())
+    opts = forward_options(options, batch_size=batch_size, precision=precision, compile=compile)
+    chunk = opts.inputs_per_forward(adapter.device, c * h * w * inputs.element_size())
     out = torch.empty(total, dtype=torch.float32, device=inputs.device)
-    forward = scoring_forward(adapter, precision, compile, pad_to=chunk if compile else None)
+    forward = scoring_forward(adapter, opts, pad_to=chunk if opts.compile else None)
     with torch.inference_mode():
         for start in range(0, total, chunk):
             idx = torch.arange(start, min(start + chunk, total), device=inputs.device)
@@ -282,11 +308,12 @@ def sum_weighted_masks(
     target: torch.Tensor,
     chunks: Iterable[torch.Tensor],
     *,
-    batch_size: int | str = 64,
+    options: ForwardOptions | None = None,
     perturb: Perturb | None = None,
     upsample: str = "nearest",
-    precision: str = "fp32",
-    compile: bool = False,
+    batch_size: int | str | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
 ) -> tuple[torch.Tensor, int]:
     """``sum_k p_k * m_k`` over a stream of mask chunks shared by all images.
 
@@ -299,11 +326,12 @@ def sum_weighted_masks(
         inputs: B x C x H x W preprocessed images.
         target: (B,) target classes.
         chunks: An iterable of K_c x h x w masks (e.g. a generator making them on demand).
-        batch_size: Masked images per forward, or "auto".
+        options: How the masked forwards run, as in :func:`score_masks`.
         perturb: How a mask is applied, as in :func:`score_masks`.
         upsample: Interpolation mode used to bring masks to the input size.
-        precision: "fp32" or "bf16" (autocast for the masked forwards).
-        compile: Run the masked forwards through ``torch.compile``.
+        batch_size: Instead of ``options``: its ``batch_size``.
+        precision: Instead of ``options``: its ``precision``.
+        compile: Instead of ``options``: its ``compile``.
 
     Returns:
         The B x h x w float32 sum of every mask weighted by each image's target probability
@@ -320,6 +348,7 @@ def sum_weighted_masks(
         >>> total.shape, n
         (torch.Size([2, 32, 32]), 12)
     """
+    opts = forward_options(options, batch_size=batch_size, precision=precision, compile=compile)
     total: torch.Tensor | None = None
     count = 0
     for chunk in chunks:
@@ -333,11 +362,9 @@ def sum_weighted_masks(
             inputs,
             target,
             chunk,
-            batch_size=batch_size,
+            options=opts,
             perturb=perturb,
             upsample=upsample,
-            precision=precision,
-            compile=compile,
         )
         part = torch.einsum("bk,khw->bhw", probs, chunk)
         total = part if total is None else total + part

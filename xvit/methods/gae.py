@@ -5,28 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..models._base import ModelAdapter
-from ..models._capture import Capture
+from ._attention import attention_and_grads, patch_map
 from ._base import Explainer
 from ._registration import register_method
-from .attention import patch_row, to_grid
-
-
-def attention_and_grads(
-    adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Every block's attention probabilities and the gradient of the target logit w.r.t. them.
-
-    The score is the sum over the batch of each image's target logit (not its softmax), so
-    each image's gradients are its own. Both lists hold B x heads x N x N tensors, first block
-    first, detached and in float32.
-    """
-    x = inputs.detach().requires_grad_(True)
-    with torch.enable_grad(), Capture(adapter, attention=True) as cap:
-        logits = adapter.logits(x)
-        score = logits.gather(1, target.unsqueeze(1)).sum()
-        attentions = cap.attentions()
-        grads = cap.grads(score, attentions)
-    return [a.detach().float() for a in attentions], [g.detach().float() for g in grads]
 
 
 def relevance(attentions: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
@@ -72,12 +53,7 @@ class GAE(Explainer):
     needs_gradients = True
     needs_attention = True
 
-    def __init__(self) -> None:
-        pass
-
-    def attribute(
+    def compute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
-        attentions, grads = attention_and_grads(adapter, inputs, target)
-        r = relevance(attentions, grads)
-        return to_grid(patch_row(r, adapter.geometry.num_prefix_tokens), adapter, inputs)
+        return patch_map(relevance(*attention_and_grads(adapter, inputs, target)), adapter, inputs)

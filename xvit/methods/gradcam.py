@@ -2,76 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
-from .._errors import CaptureError, ParameterError
+from .._constraints import Spec
 from ..models._base import ModelAdapter
-from ..models._capture import Capture
 from ._base import Explainer
+from ._gradients import target_gradient_pass
+from ._layers import LAYER, resolve_layer, tokens_to_grid
 from ._registration import register_method
-
-
-def resolve_layer(adapter: ModelAdapter, layer: Any, method: str) -> nn.Module:
-    """The module whose token output a method reads.
-
-    ``None`` is the last block's first LayerNorm (timm ``blocks[-1].norm1``, HF
-    ``layernorm_before``); an int picks that block's first LayerNorm (negative counts from
-    the end); a module must be part of the model.
-    """
-    blocks = adapter.blocks()
-    if layer is None:
-        return blocks[-1].norm1
-    if isinstance(layer, int) and not isinstance(layer, bool):
-        n = len(blocks)
-        if not -n <= layer < n:
-            raise ParameterError(
-                f"{method}: layer={layer} is out of range for a model with {n} blocks "
-                f"(valid: {-n} .. {n - 1})"
-            )
-        return blocks[layer].norm1
-    if isinstance(layer, nn.Module):
-        if not any(m is layer for m in adapter.model.modules()):
-            raise ParameterError(
-                f"{method}: layer {type(layer).__name__} is not a submodule of this model; pass "
-                f"one of its own modules (e.g. model.blocks[-1].norm1) or a block index"
-            )
-        return layer
-    raise ParameterError(
-        f"{method}: layer must be None (the last block's first LayerNorm), a block index, or "
-        f"a module of the model, got {layer!r}"
-    )
-
-
-def check_layer_param(layer: Any, method: str) -> Any:
-    """Early type check of a ``layer`` parameter (the range is checked against the model)."""
-    if layer is None or isinstance(layer, nn.Module):
-        return layer
-    if isinstance(layer, int) and not isinstance(layer, bool):
-        return layer
-    raise ParameterError(
-        f"{method}: layer must be None (the last block's first LayerNorm), a block index, or "
-        f"a module of the model, got {layer!r}"
-    )
-
-
-def tokens_to_grid(
-    tokens: torch.Tensor, adapter: ModelAdapter, size: tuple[int, int], method: str
-) -> torch.Tensor:
-    """B x N x D token outputs as B x D x h x w patch feature maps (prefix tokens dropped)."""
-    geo = adapter.geometry
-    gh, gw = geo.grid(*size)
-    prefix = geo.num_prefix_tokens
-    if tokens.dim() != 3 or tokens.shape[1] != prefix + gh * gw:
-        raise CaptureError(
-            f"{method}: the layer's output has shape {tuple(tokens.shape)}, but a token sequence "
-            f"B x {prefix + gh * gw} x D ({prefix} prefix tokens + {gh}x{gw} patches) was "
-            f"expected; pick a layer inside a transformer block (e.g. its norm1)"
-        )
-    patches = tokens[:, prefix:, :]
-    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], gh, gw)
 
 
 @register_method
@@ -111,20 +51,19 @@ class GradCAM(Explainer):
     paper = "Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks, ICCV 2017"
     family = "cam"
     needs_gradients = True
+    parameter_constraints: ClassVar[dict[str, Spec]] = {"layer": LAYER}
 
     def __init__(self, *, layer: Any = None) -> None:
-        self.layer = check_layer_param(layer, self.name)
+        self.layer = layer
 
-    def attribute(
+    def compute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         module = resolve_layer(adapter, self.layer, self.name)
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
-        x = inputs.detach().requires_grad_(True)
-        with torch.enable_grad(), Capture(adapter, layers={"target": module}) as cap:
-            logits = adapter.logits(x)
+        layers = {"target": module}
+        with target_gradient_pass(adapter, inputs, target, layers=layers) as (cap, _, score):
             tokens = cap.layer("target")
-            score = logits.gather(1, target.unsqueeze(1)).sum()
             (grad,) = cap.grads(score, [tokens])
         acts = tokens_to_grid(tokens.detach(), adapter, size, self.name).float()
         grads = tokens_to_grid(grad.detach(), adapter, size, self.name).float()

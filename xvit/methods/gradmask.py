@@ -2,42 +2,53 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from .._constraints import Integer, Literal, Real, Rule, Satisfies, Spec, check_param
 from .._errors import ParameterError
+from .._forward import TakesForwardOptions
 from ..models._base import Geometry, ModelAdapter
-from ..models._capture import QKV, Capture
-from ._base import (
-    Cost,
-    Explainer,
-    check_batch_size,
-    check_finite_number,
-    check_flag,
-    check_positive_int,
-)
+from ..models._capture import QKV
+from ._base import Cost, Explainer
+from ._gradients import target_gradient_pass, target_logits
 from ._registration import register_method
-from ._scoring import check_precision, fill_perturb, resolve_batch_size, score_binary_masks
+from ._scoring import fill_perturb, score_binary_masks
+
+
+def _is_index_list(value: Any) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) > 0
+        and all(Integer().accepts(v) for v in value)
+    )
+
+
+#: The constraint of ``blocks``; the indices are checked against the model at call time.
+BLOCKS = Rule(
+    Literal(None, "all but the last"),
+    Literal("all"),
+    Satisfies(Integer().accepts, "a block index"),
+    Satisfies(_is_index_list, "a non-empty list of block indices"),
+)
 
 
 def resolve_blocks(blocks: Any, num_blocks: int, method: str) -> list[int]:
     """Block selection: None -> all but the last; "all"; or a sequence of (negative ok) indices."""
+    blocks = check_param(method, "blocks", blocks, BLOCKS)
     if blocks is None:
         return list(range(max(num_blocks - 1, 1)))
     if blocks == "all":
         return list(range(num_blocks))
-    if isinstance(blocks, int) and not isinstance(blocks, bool):
+    if isinstance(blocks, int):
         blocks = [blocks]
-    if not isinstance(blocks, Sequence) or isinstance(blocks, str) or not blocks:
-        raise ParameterError(
-            f"{method}: blocks must be None (all but the last), 'all', or a non-empty list of "
-            f"block indices, got {blocks!r}"
-        )
     out = []
     for b in blocks:
-        if isinstance(b, bool) or not isinstance(b, int) or not -num_blocks <= b < num_blocks:
+        if not -num_blocks <= b < num_blocks:
             raise ParameterError(
                 f"{method}: block index {b!r} is out of range for a model with {num_blocks} "
                 f"blocks (valid: {-num_blocks} .. {num_blocks - 1})"
@@ -53,7 +64,7 @@ SCORING_SHARE = 8
 
 
 @register_method
-class GradMask(Explainer):
+class GradMask(TakesForwardOptions, Explainer):
     """GradMask (Marchetti, Traini, Ursino, Virgili, IJCNN 2025).
 
     One forward and backward of the target logit gives the gradients of every block's query,
@@ -69,9 +80,10 @@ class GradMask(Explainer):
         blocks: Blocks used: None (default) for all but the last, as the authors' code does
             (a CLS-pooled model's last-block patch queries get no gradient); "all"; or indices.
         fill: Value of masked-out pixels in the model's input space.
-        batch_size: Masked images per forward (an int, or "auto"); the gradient pass takes
-            ``batch_size // 16`` images at a time and the masks of ``batch_size // 8`` images
-            are scored together, so memory stays bounded for any number of images.
+        batch_size: Model inputs (masked images) per forward, an int or "auto"; the gradient
+            pass takes ``batch_size // 16`` images at a time and the masks of
+            ``batch_size // 8`` images are scored together, so memory stays bounded for any
+            number of images.
         precision: "fp32", or "bf16" for bfloat16 autocast in the masked forwards (the
             gradient pass that builds the masks always runs in the model's own precision).
         compile: Run the masked forwards through ``torch.compile``.
@@ -99,6 +111,11 @@ class GradMask(Explainer):
     )
     family = "gradient+mask"
     needs_gradients = True
+    parameter_constraints: ClassVar[dict[str, Spec]] = {
+        "masks_per_layer": Integer(low=1),
+        "blocks": BLOCKS,
+        "fill": Real(),
+    }
 
     def __init__(
         self,
@@ -110,12 +127,12 @@ class GradMask(Explainer):
         precision: str = "fp32",
         compile: bool = False,
     ) -> None:
-        self.masks_per_layer = check_positive_int("masks_per_layer", masks_per_layer, self.name)
+        self.masks_per_layer = masks_per_layer
         self.blocks = blocks
-        self.fill = check_finite_number("fill", fill, self.name)
-        self.batch_size = check_batch_size(batch_size, self.name)
-        self.precision = check_precision(precision, self.name)
-        self.compile = check_flag("compile", compile, self.name)
+        self.fill = fill
+        self.batch_size = batch_size
+        self.precision = precision
+        self.compile = compile
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         """One gradient pass and at most K = 3 x |blocks| x M masked forwards per image
@@ -145,12 +162,9 @@ class GradMask(Explainer):
         blocks = resolve_blocks(self.blocks, geo.num_blocks, self.name)
         gh, gw = geo.grid(inputs.shape[-2], inputs.shape[-1])
         prefix = geo.num_prefix_tokens
-        x = inputs.detach().requires_grad_(True)
-        with torch.enable_grad(), Capture(adapter, qkv=True) as cap:
-            logits = adapter.logits(x)
-            score = logits.gather(1, target.unsqueeze(1)).sum()
+        with target_gradient_pass(adapter, inputs, target, qkv=True) as (cap, logits, score):
             grads = cap.qkv_grads(score)
-        base = logits.detach().float().softmax(-1).gather(1, target.unsqueeze(1)).squeeze(1)
+        base = target_logits(logits.detach().float().softmax(-1), target)
         rows = []
         for proj in QKV:
             for b in blocks:
@@ -162,11 +176,12 @@ class GradMask(Explainer):
         masks = (scores >= scores.mean(dim=-1, keepdim=True)).to(inputs.dtype)
         return masks.reshape(masks.shape[0], masks.shape[1], gh, gw), base
 
-    def attribute(
+    def compute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         per_item = inputs[0].numel() * inputs.element_size()
-        chunk = resolve_batch_size(self.batch_size, adapter, per_item)
+        chunk = self.forward_options.inputs_per_forward(adapter.device, per_item)
+        options = dataclasses.replace(self.forward_options, batch_size=chunk)
         # A gradient pass keeps every block's activations (and attention) of its images for
         # the backward, far more per image than a masked forward; GRADIENT_SHARE images per
         # pass keep it near one chunk of masked forwards. The masks of SCORING_SHARE images
@@ -189,11 +204,9 @@ class GradMask(Explainer):
                 t,
                 masks,
                 base_probs=base,
-                batch_size=chunk,
+                options=options,
                 perturb=fill_perturb(self.fill),
                 upsample="nearest",
-                precision=self.precision,
-                compile=self.compile,
             )
             maps.append(torch.einsum("bk,bkhw->bhw", probs.to(masks.dtype), masks))
         return torch.cat(maps)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+from typing import ClassVar
 
 import torch
 
-from .._errors import ParameterError
+from .._constraints import Spec
+from .._seeds import SEED, content_seed, generator, resolve_seed
 from ..models._base import Geometry, ModelAdapter
 from ._base import Cost, Explainer
 from ._registration import register_method
@@ -17,14 +18,16 @@ class RandomMap(Explainer):
     """Uniform random patch scores, independent of the model and the image.
 
     Each image gets an h x w map (the model's patch grid) of independent U[0, 1) draws from a
-    generator seeded with ``seed`` and a hash of that image's values: a map does not depend on
-    the batch the image is in, the same image and seed give the same map, and different
-    images get independent maps. (The benchmark runner also passes every image its own seed.)
+    generator seeded with ``seed`` and a hash of that image's values
+    (:func:`xvit._seeds.content_seed`): a map does not depend on the batch the image is in,
+    the same image and seed give the same map, and different images get independent maps.
+    (The benchmark runner also passes every image its own seed.)
     It is the sanity floor of the benchmark: a method that does not beat it on insertion,
     deletion and the pointing game explains nothing.
 
     Args:
-        seed: Seed of the random generator.
+        seed: Seed of the random generator (default 0); None draws one from torch's global
+            generator per call.
 
     References:
         The random baseline of the saliency sanity checks: J. Adebayo, J. Gilmer,
@@ -47,24 +50,22 @@ class RandomMap(Explainer):
     paper = "Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018 (random baseline)"
     family = "baseline"
     randomized = True
+    parameter_constraints: ClassVar[dict[str, Spec]] = {"seed": SEED}
 
-    def __init__(self, *, seed: int = 0) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ParameterError(f"random: seed must be a non-negative integer, got {seed!r}")
+    def __init__(self, *, seed: int | None = 0) -> None:
         self.seed = seed
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         """No pass through the model."""
         return Cost()
 
-    def attribute(
+    def compute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         gh, gw = adapter.geometry.grid(int(inputs.shape[-2]), int(inputs.shape[-1]))
+        seed = resolve_seed(self.seed)
         maps = []
         for image in inputs.detach():
-            digest = hashlib.sha256(str(self.seed).encode())
-            digest.update(image.float().cpu().contiguous().numpy().tobytes())
-            g = torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little"))
-            maps.append(torch.rand(gh, gw, generator=g))
+            values = image.float().cpu().contiguous().numpy().tobytes()
+            maps.append(torch.rand(gh, gw, generator=generator(content_seed(seed, values))))
         return torch.stack(maps).to(inputs.device)

@@ -7,37 +7,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._errors import ParameterError
+from .._constraints import Integer, Real, Spec
+from .._forward import TakesForwardOptions
+from .._seeds import SEED, generator, resolve_seed
 from ..models._base import Geometry, ModelAdapter
-from ._base import (
-    Cost,
-    Explainer,
-    check_batch_size,
-    check_finite_number,
-    check_flag,
-    check_positive_int,
-)
+from ._base import Cost, Explainer
 from ._registration import register_method
-from ._scoring import check_precision, fill_perturb, resolve_batch_size, sum_weighted_masks
-
-
-def check_seed(seed: Any, method: str) -> int | None:
-    """``seed``: None (fresh randomness from torch's global generator) or an int >= 0."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ParameterError(
-            f"{method}: seed must be a non-negative integer, or None for fresh randomness, "
-            f"got {seed!r}"
-        )
-    return seed
-
-
-def resolve_seed(seed: int | None) -> int:
-    """The seed to use for one call: ``seed`` itself, or one drawn from torch's global RNG."""
-    if seed is not None:
-        return seed
-    return int(torch.randint(0, 2**62, (1,)).item())
+from ._scoring import fill_perturb, sum_weighted_masks
 
 
 def bilinear_matrix(out_size: int, in_size: int) -> torch.Tensor:
@@ -68,7 +44,7 @@ def bilinear_matrix(out_size: int, in_size: int) -> torch.Tensor:
 
 
 @register_method
-class RISE(Explainer):
+class RISE(TakesForwardOptions, Explainer):
     """RISE (Petsiuk, Das, Saenko, BMVC 2018): randomized input sampling for explanation.
 
     N binary grids of s x s cells are drawn, each cell kept with probability p. Each grid is
@@ -82,7 +58,8 @@ class RISE(Explainer):
     the paper's ImageNet experiments. The masks are shared by every image of a batch and drawn
     from ``seed`` alone, so a map does not depend on the batch it was computed in, on the
     device, or on ``batch_size``. Only the s x s grids (N x s x s numbers) are kept; the
-    full-size masks are made and scored one chunk of ``batch_size`` at a time.
+    full-size masks are made and scored one chunk of ``batch_size`` at a time. The masks are
+    drawn from one generator seeded with the seed (see :mod:`xvit._seeds`).
 
     Args:
         num_masks: N, the number of random masks.
@@ -90,7 +67,7 @@ class RISE(Explainer):
         keep_prob: p, the probability that a cell is kept (in (0, 1]).
         seed: Seed of the mask draw (default 0); None draws from torch's global generator.
         fill: Value of masked-out pixels in the model's input space.
-        batch_size: Masked images per forward (an int, or "auto").
+        batch_size: Model inputs (masked images) per forward, an int or "auto".
         precision: "fp32", or "bf16" for bfloat16 autocast in the masked forwards.
         compile: Run the masked forwards through ``torch.compile``.
 
@@ -113,6 +90,13 @@ class RISE(Explainer):
     family = "perturbation"
     randomized = True
     quick_params: ClassVar[dict[str, Any]] = {"num_masks": 32}
+    parameter_constraints: ClassVar[dict[str, Spec]] = {
+        "num_masks": Integer(low=1),
+        "grid_size": Integer(low=1),
+        "keep_prob": Real(0, 1, low_open=True),
+        "seed": SEED,
+        "fill": Real(),
+    }
 
     def __init__(
         self,
@@ -126,22 +110,14 @@ class RISE(Explainer):
         precision: str = "fp32",
         compile: bool = False,
     ) -> None:
-        self.num_masks = check_positive_int("num_masks", num_masks, self.name)
-        self.grid_size = check_positive_int("grid_size", grid_size, self.name)
-        if (
-            isinstance(keep_prob, bool)
-            or not isinstance(keep_prob, (int, float))
-            or not 0 < keep_prob <= 1
-        ):
-            raise ParameterError(
-                f"rise: keep_prob must be a probability in (0, 1], got {keep_prob!r}"
-            )
-        self.keep_prob = float(keep_prob)
-        self.seed = check_seed(seed, self.name)
-        self.fill = check_finite_number("fill", fill, self.name)
-        self.batch_size = check_batch_size(batch_size, self.name)
-        self.precision = check_precision(precision, self.name)
-        self.compile = check_flag("compile", compile, self.name)
+        self.num_masks = num_masks
+        self.grid_size = grid_size
+        self.keep_prob = keep_prob
+        self.seed = seed
+        self.fill = fill
+        self.batch_size = batch_size
+        self.precision = precision
+        self.compile = compile
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         """One masked forward per mask: ``num_masks`` forwards per image."""
@@ -161,7 +137,7 @@ class RISE(Explainer):
         Drawn on the CPU from ``seed`` (default: this method's seed), so they are the same on
         every device.
         """
-        gen = torch.Generator().manual_seed(resolve_seed(self.seed if seed is None else seed))
+        gen = generator(resolve_seed(self.seed if seed is None else seed))
         n, s = self.num_masks, self.grid_size
         grids = (torch.rand(n, s, s, generator=gen) < self.keep_prob).float()
         ch, cw = self.cell_size(size)
@@ -192,7 +168,7 @@ class RISE(Explainer):
     def masks(
         self, size: tuple[int, int], device: torch.device | str = "cpu", seed: int | None = None
     ) -> torch.Tensor:
-        """All N masks, N x H x W (for inspection and tests; :meth:`attribute` streams them)."""
+        """All N masks, N x H x W (for inspection and tests; :meth:`compute` streams them)."""
         grids, shifts = self.draw(size, seed)
         return self.masks_from(grids.to(device), shifts, size)
 
@@ -203,22 +179,21 @@ class RISE(Explainer):
             yield self.masks_from(grids[start : start + chunk], shifts[start : start + chunk], size)
 
     # --- explanation ----------------------------------------------------------------------
-    def attribute(
+    def compute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         grids, shifts = self.draw(size)
         grids, shifts = grids.to(inputs.device), shifts.to(inputs.device)
+        options = self.forward_options
         per_item = inputs[0].numel() * inputs.element_size()
-        chunk = max(1, resolve_batch_size(self.batch_size, adapter, per_item))
+        chunk = options.inputs_per_forward(adapter.device, per_item)
         total, count = sum_weighted_masks(
             adapter,
             inputs,
             target,
             self._chunks(grids, shifts, size, chunk),
-            batch_size=self.batch_size,
+            options=options,
             perturb=fill_perturb(self.fill),
-            precision=self.precision,
-            compile=self.compile,
         )
         return (total / (count * self.keep_prob)).to(inputs.dtype)

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import ClassVar
 
 import torch
 
-from .._errors import ParameterError
+from .._constraints import Real, Rule, Spec
 from ..models._base import ModelAdapter
+from ._attention import HEAD_FUSION, capture_attentions, fuse_heads, patch_map
 from ._base import Explainer
 from ._registration import register_method
-from .attention import capture_attentions, check_head_fusion, fuse_heads, patch_row, to_grid
-
-
-def check_discard_ratio(value: Any, method: str) -> float:
-    """Validate ``discard_ratio``: a real number in [0, 1)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not 0 <= value < 1
-    ):
-        raise ParameterError(
-            f"{method}: discard_ratio must be a number in [0, 1) (the fraction of each fused "
-            f"attention matrix's entries to zero), got {value!r}; use 0 to keep every entry"
-        )
-    return float(value)
 
 
 def discard_lowest(fused: torch.Tensor, ratio: float, num_prefix_tokens: int) -> torch.Tensor:
@@ -102,10 +86,18 @@ class AttentionRollout(Explainer):
     paper = "Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020"
     family = "attention"
     needs_attention = True
+    parameter_constraints: ClassVar[dict[str, Spec]] = {
+        "head_fusion": HEAD_FUSION,
+        "discard_ratio": Rule(
+            Real(0, 1, high_open=True),
+            note="the fraction of each fused attention matrix's entries to zero; use 0 to keep "
+            "every entry",
+        ),
+    }
 
     def __init__(self, *, head_fusion: str = "mean", discard_ratio: float = 0.0) -> None:
-        self.head_fusion = check_head_fusion(head_fusion, self.name)
-        self.discard_ratio = check_discard_ratio(discard_ratio, self.name)
+        self.head_fusion = head_fusion
+        self.discard_ratio = discard_ratio
 
     def rollout(self, attentions: list[torch.Tensor], num_prefix_tokens: int) -> torch.Tensor:
         """The B x N x N rollout of per-block B x heads x N x N attentions (first block first)."""
@@ -119,9 +111,8 @@ class AttentionRollout(Explainer):
         assert result is not None
         return result
 
-    def attribute(
+    def compute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         prefix = adapter.geometry.num_prefix_tokens
-        result = self.rollout(capture_attentions(adapter, inputs), prefix)
-        return to_grid(patch_row(result, prefix), adapter, inputs)
+        return patch_map(self.rollout(capture_attentions(adapter, inputs), prefix), adapter, inputs)

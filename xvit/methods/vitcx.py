@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._errors import ParameterError
+from .._constraints import Real, Spec
+from .._forward import TakesForwardOptions
 from .._progress import expect_forwards
+from .._seeds import SEED, generator, index_seed, resolve_seed
 from ..models._base import Geometry, ModelAdapter
 from ..models._capture import Capture
-from ._base import Cost, Explainer, check_batch_size, check_flag
+from ._base import Cost, Explainer
+from ._layers import LAYER, resolve_layer, tokens_to_grid
 from ._registration import register_method
-from ._scoring import Perturb, check_precision, score_masks
-from .gradcam import check_layer_param, resolve_layer, tokens_to_grid
-from .rise import check_seed, resolve_seed
+from ._scoring import Perturb, score_masks
 
 
 def minmax_rows(x: torch.Tensor) -> torch.Tensor:
@@ -58,19 +58,18 @@ def cluster_labels(masks: torch.Tensor, threshold: float) -> np.ndarray:
 def mask_noise(seed: int, index: torch.Tensor, shape: tuple[int, ...], std: float) -> torch.Tensor:
     """Gaussian noise, std ``std``, one ``shape`` tensor per mask index (len(index) x shape).
 
-    The noise of mask k is drawn on the CPU from a generator seeded by (seed, k) alone, so it
-    does not depend on the batch, the chunking, or the device.
+    The noise of mask k is drawn on the CPU from a generator seeded by (seed, k) alone
+    (:func:`xvit._seeds.index_seed`), so it does not depend on the batch, the chunking, or
+    the device.
     """
     out = torch.empty(len(index), *shape)
     for row, k in enumerate(index.tolist()):
-        state = np.random.SeedSequence(seed, spawn_key=(int(k),)).generate_state(1, np.uint64)
-        gen = torch.Generator().manual_seed(int(state[0]))
-        out[row] = torch.randn(shape, generator=gen)
+        out[row] = torch.randn(shape, generator=generator(index_seed(seed, k)))
     return out * std
 
 
 @register_method
-class ViTCX(Explainer):
+class ViTCX(TakesForwardOptions, Explainer):
     """ViT-CX (Xie et al., IJCAI 2023): causal explanation from clustered patch embeddings.
 
     1. The output of ``layer`` (by default the last block's first LayerNorm) is read for the
@@ -100,7 +99,7 @@ class ViTCX(Explainer):
         distance_threshold: Cosine distance below which clusters merge (0 keeps all D masks).
         noise_std: Standard deviation of the Gaussian noise on the masked-out part.
         seed: Seed of the noise (default 0); None draws from torch's global generator.
-        batch_size: Masked images per forward (an int, or "auto").
+        batch_size: Model inputs (masked images) per forward, an int or "auto".
         precision: "fp32", or "bf16" for bfloat16 autocast in the masked forwards.
         compile: Run the masked forwards through ``torch.compile``.
 
@@ -122,6 +121,12 @@ class ViTCX(Explainer):
     family = "perturbation"
     randomized = True
     quick_params: ClassVar[dict[str, Any]] = {"distance_threshold": 0.3}
+    parameter_constraints: ClassVar[dict[str, Spec]] = {
+        "layer": LAYER,
+        "distance_threshold": Real(0, 2),
+        "noise_std": Real(low=0),
+        "seed": SEED,
+    }
 
     def __init__(
         self,
@@ -134,15 +139,13 @@ class ViTCX(Explainer):
         precision: str = "fp32",
         compile: bool = False,
     ) -> None:
-        self.layer = check_layer_param(layer, self.name)
-        self.distance_threshold = _check_number(
-            "distance_threshold", distance_threshold, 0.0, 2.0, self.name
-        )
-        self.noise_std = _check_number("noise_std", noise_std, 0.0, float("inf"), self.name)
-        self.seed = check_seed(seed, self.name)
-        self.batch_size = check_batch_size(batch_size, self.name)
-        self.precision = check_precision(precision, self.name)
-        self.compile = check_flag("compile", compile, self.name)
+        self.layer = layer
+        self.distance_threshold = distance_threshold
+        self.noise_std = noise_std
+        self.seed = seed
+        self.batch_size = batch_size
+        self.precision = precision
+        self.compile = compile
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         """One capture forward, two masked forwards per cluster mask and one clean forward
@@ -210,23 +213,19 @@ class ViTCX(Explainer):
 
             return perturb
 
-        opts: dict[str, Any] = {
-            "batch_size": self.batch_size,
-            "precision": self.precision,
-            "compile": self.compile,
-        }
-        p_masked = score_masks(
-            adapter, inputs, target, masks, perturb=noisy(False), owner=owner, **opts
-        )
-        p_noisy = score_masks(
-            adapter, inputs, target, masks, perturb=noisy(True), owner=owner, **opts
-        )
+        options = self.forward_options
+        p_masked, p_noisy = [
+            score_masks(
+                adapter, inputs, target, masks, options=options, perturb=noisy(keep), owner=owner
+            )
+            for keep in (False, True)
+        ]
         ones = torch.ones(1, 1, 1, device=device)
-        p_clean = score_masks(adapter, inputs, target, ones, **opts)[:, 0]
+        p_clean = score_masks(adapter, inputs, target, ones, options=options)[:, 0]
         s = p_masked - p_noisy + p_clean[owner]
         return list(s.split([len(c) for c in clusters]))
 
-    def attribute(
+    def compute(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         clusters = self.cluster_masks(adapter, inputs)
@@ -244,16 +243,3 @@ def combine(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     safe = torch.where(coverage > 0, coverage, torch.ones_like(coverage))
     out = torch.where(coverage > 0, weighted / safe, torch.zeros_like(weighted))
     return out / masks.shape[0]
-
-
-def _check_number(name: str, value: Any, lo: float, hi: float, method: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not lo <= value <= hi
-    ):
-        raise ParameterError(
-            f"{method}: {name} must be a finite number in [{lo}, {hi}], got {value!r}"
-        )
-    return float(value)

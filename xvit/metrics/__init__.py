@@ -1,10 +1,13 @@
 """Evaluation metrics: one file per metric, all behind one registry.
 
-Each metric is a class (declaring ``higher_is_better``) with a functional twin:
-:class:`Insertion` / :func:`insertion`, :class:`Deletion` / :func:`deletion`,
-:class:`PointingGame` / :func:`pointing_game`, :class:`EnergyPointingGame` /
-:func:`energy_pointing_game`. Third-party metrics register through the entry-point group
-``xvit.metrics``.
+Each metric is a class (declaring ``higher_is_better``) in a file of its own with a
+functional twin in :mod:`xvit.metrics.functional`: :class:`Insertion` /
+:func:`~xvit.metrics.functional.insertion`, :class:`Deletion` / ``deletion``,
+:class:`PointingGame` / ``pointing_game``, :class:`EnergyPointingGame` /
+``energy_pointing_game``. ``xvit.metrics.insertion`` is the module of that file (calling it
+as the function still works, with a DeprecationWarning). Third-party metrics register
+through the entry-point group ``xvit.metrics``; the registry is ``metric_registry`` (also
+``metrics``).
 
 Example:
     >>> from xvit.metrics import get_metric, list_metrics
@@ -14,14 +17,22 @@ Example:
 
 from __future__ import annotations
 
-from ._base import Metric, MetricResult, nanmean
+from . import deletion, energy_pointing_game, functional, insertion, pointing_game
+from ._base import Batch, Metric, MetricResult, nanmean
 from ._registration import get_metric, list_metrics, metrics, register_metric
-from .deletion import Deletion, deletion
-from .energy_pointing_game import EnergyPointingGame, energy_pointing_game
-from .insertion import Insertion, insertion
-from .pointing_game import PointingGame, pointing_game
+from ._twin_modules import make_callable
+from .deletion import Deletion
+from .energy_pointing_game import EnergyPointingGame
+from .insertion import Insertion
+from .pointing_game import PointingGame
+
+#: Every metric, by name (the same registry as ``metrics``).
+metric_registry = metrics
+
+make_callable(deletion, energy_pointing_game, insertion, pointing_game)
 
 __all__ = [
+    "Batch",
     "Deletion",
     "EnergyPointingGame",
     "Insertion",
@@ -30,9 +41,11 @@ __all__ = [
     "PointingGame",
     "deletion",
     "energy_pointing_game",
+    "functional",
     "get_metric",
     "insertion",
     "list_metrics",
+    "metric_registry",
     "metrics",
     "nanmean",
     "pointing_game",

@@ -18,6 +18,10 @@ import torch
 
 from .._errors import InvalidInputError
 
+#: Ground truth for the localisation metrics: per image a sequence of (x0, y0, x1, y1) boxes
+#: in model-input pixel coordinates, or a B x H x W boolean mask.
+Boxes = Sequence[Sequence[Sequence[float]]] | torch.Tensor
+
 
 def require_boxes(s_batch: Any, metric: str) -> Any:
     """``s_batch`` itself, or an error saying the metric needs ground-truth boxes."""

@@ -45,23 +45,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from .._constraints import Integer, Literal, OneOf, Real, Rule, Satisfies, Spec
 from .._errors import ModelOutputError, ParameterError
-from .._inputs import resolve_targets
-from ..explanation import Explanation
-from ..methods._base import check_batch_size
-from ..methods._scoring import resolve_batch_size
-from ..models import get_adapter, model_lock, preserved_state
-from ..models._base import ModelAdapter
-from ._base import (
-    UPSAMPLE_MODES,
-    Boxes,
-    Metric,
-    MetricResult,
-    check_batch,
-    check_choice,
-    check_seeds,
-    saliency_at,
-)
+from .._forward import FORWARD_CONSTRAINTS, resolve_batch_size
+from .._seeds import SEED
+from ..models import ModelAdapter
+from ._base import UPSAMPLE, Batch, Metric, MetricResult
 from ._substrates import (
     PER_POINT,
     SUBSTRATES,
@@ -209,7 +198,7 @@ def causal_curves(
         counts: (S,) number of top-ranked pixels changed at each point.
         insertion: True: start from the substrate and reveal the image; False: start from
             the image and replace it by the substrate.
-        batch_size: Perturbed images per forward.
+        batch_size: Model inputs (perturbed images) per forward pass.
         ties: ``"groups"``, ``"raster"`` or ``"argsort"`` (see the module docstring).
     """
     b, _c, h, w = x.shape
@@ -256,6 +245,24 @@ def curve_areas(curves: torch.Tensor, x: torch.Tensor, *, origin: bool) -> torch
     return torch.trapezoid(curves, x, dim=1)
 
 
+def _odd_positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value % 2 == 1
+
+
+def _as_fractions(value: Any) -> tuple[float, ...] | None:
+    """``value`` as a tuple of floats; None when it is not a sequence of numbers."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        return tuple(float(f) for f in value)
+    except (TypeError, ValueError):
+        return None
+
+
+#: None, where the protocol decides.
+PROTOCOL_DEFAULT = Literal(None, "the protocol's")
+
+
 class CausalMetric(Metric):
     """Insertion or Deletion AUC; subclasses set ``insertion`` and the default substrate.
 
@@ -277,15 +284,37 @@ class CausalMetric(Metric):
         blur_sigma: Gaussian sigma for the blur substrates (None: the protocol's).
         upsample: How maps reach input resolution: ``"nearest"`` (default, as the
             references), ``"bilinear"`` or ``"bicubic"``.
-        batch_size: Perturbed images per forward (an int, or "auto").
-        seed: Base seed of the random substrates when no per-image seeds are passed
-            (image ``i`` of the batch then uses ``seed + i``).
+        batch_size: Model inputs (perturbed images) per forward pass, or "auto" to size it
+            from free device memory (64 on a CPU), as :class:`xvit._forward.ForwardOptions`
+            means it. It never means images scored per call: every curve point of every
+            image of the batch is one input, all of them scored in chunks of this size.
+        seed: Seed of the random substrates (``"random"``, ``"randn"``) for calls without
+            per-image ``seeds``: image ``i`` of the batch then uses ``derive_seed(seed, i)``
+            (:mod:`xvit._seeds`); None draws ``seed`` from torch's global generator.
     """
 
     insertion: ClassVar[bool] = True
     default_substrate: ClassVar[str] = "blur"
     needs_model = True
     curve = True
+    randomized = True
+    parameter_constraints: ClassVar[dict[str, Spec]] = {
+        "protocol": OneOf(*PROTOCOLS),
+        "substrate": Rule(OneOf(*SUBSTRATES), Literal(None, "the metric's default")),
+        "ties": Rule(OneOf(*TIE_RULES), PROTOCOL_DEFAULT),
+        "step": Rule(Integer(low=1), Literal(None, "one image row")),
+        "fractions": Rule(
+            Satisfies(
+                lambda v: _as_fractions(v) is not None, "a sequence of numbers", _as_fractions
+            ),
+            Literal(None, "steps of step pixels"),
+        ),
+        "blur_kernel": Rule(Satisfies(_odd_positive, "an odd positive integer"), PROTOCOL_DEFAULT),
+        "blur_sigma": Rule(Real(low=0, low_open=True), PROTOCOL_DEFAULT),
+        "upsample": UPSAMPLE,
+        "batch_size": FORWARD_CONSTRAINTS["batch_size"],
+        "seed": SEED,
+    }
 
     def __init__(
         self,
@@ -299,63 +328,32 @@ class CausalMetric(Metric):
         blur_sigma: float | None = None,
         upsample: str = "nearest",
         batch_size: int | str = 64,
-        seed: int = 0,
+        seed: int | None = 0,
     ) -> None:
-        self.protocol = check_choice("protocol", protocol, tuple(PROTOCOLS), self.name)
-        spec = PROTOCOLS[self.protocol]
-        if substrate is None:
-            substrate = self.default_substrate
-        substrate = check_choice("substrate", substrate, SUBSTRATES, self.name)
-        self.substrate = spec.substrates.get(substrate, substrate)
-        self.ties = check_choice("ties", spec.ties if ties is None else ties, TIE_RULES, self.name)
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step <= 0):
-            raise ParameterError(f"{self.name}: step must be a positive integer, got {step!r}")
+        spec = PROTOCOLS[protocol]
         if step is not None and fractions is not None:
             raise ParameterError(f"{self.name}: give step or fractions, not both")
         if step is not None and spec.fractions is not None:
             raise ParameterError(
-                f"{self.name}: the {self.protocol} protocol evaluates at fractions of the "
+                f"{self.name}: the {protocol} protocol evaluates at fractions of the "
                 f"pixels; pass fractions=... instead of step"
             )
-        if fractions is None:
-            fractions = spec.fractions
+        self.protocol = protocol
+        substrate = self.default_substrate if substrate is None else substrate
+        self.substrate = spec.substrates.get(substrate, substrate)
+        self.ties = spec.ties if ties is None else ties
         self.step = step
+        fractions = spec.fractions if fractions is None else fractions
         self.fractions = None if fractions is None else self._check_fractions(fractions, spec)
         kernel, sigma = spec.blur
-        blur_kernel = kernel if blur_kernel is None else blur_kernel
-        blur_sigma = sigma if blur_sigma is None else blur_sigma
-        if (
-            isinstance(blur_kernel, bool)
-            or not isinstance(blur_kernel, int)
-            or blur_kernel < 1
-            or (blur_kernel % 2 == 0)
-        ):
-            raise ParameterError(
-                f"{self.name}: blur_kernel must be an odd positive integer, got {blur_kernel!r}"
-            )
-        if (
-            isinstance(blur_sigma, bool)
-            or not isinstance(blur_sigma, (int, float))
-            or not (blur_sigma > 0 and math.isfinite(blur_sigma))
-        ):
-            raise ParameterError(
-                f"{self.name}: blur_sigma must be a positive number, got {blur_sigma!r}"
-            )
-        self.blur_kernel = blur_kernel
-        self.blur_sigma = float(blur_sigma)
-        self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES, self.name)
-        self.batch_size = check_batch_size(batch_size, self.name)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ParameterError(f"{self.name}: seed must be an integer, got {seed!r}")
+        self.blur_kernel = kernel if blur_kernel is None else blur_kernel
+        self.blur_sigma = float(sigma if blur_sigma is None else blur_sigma)
+        self.upsample = upsample
+        self.batch_size = batch_size
         self.seed = seed
 
     def _check_fractions(self, fractions: Sequence[float], spec: Protocol) -> tuple[float, ...]:
-        try:
-            values = tuple(float(f) for f in fractions)
-        except (TypeError, ValueError):
-            raise ParameterError(
-                f"{self.name}: fractions must be numbers in [0, 1], got {fractions!r}"
-            ) from None
+        values = tuple(fractions)
         increasing = len(values) >= 2 and all(b > a for a, b in pairwise(values))
         if spec.truncate:
             if not increasing or values[0] <= 0.0 or values[-1] > 1.0:
@@ -426,47 +424,28 @@ class CausalMetric(Metric):
             seeds=seeds,
         )
 
-    def __call__(
-        self,
-        model: Any,
-        x_batch: torch.Tensor,
-        y_batch: Any,
-        a_batch: torch.Tensor | Explanation,
-        s_batch: Boxes | None = None,
-        *,
-        seeds: Sequence[int] | None = None,
-    ) -> MetricResult:
-        adapter = get_adapter(model)
-        check_batch(x_batch, a_batch)
-        adapter.check_input(x_batch)
-        x = x_batch.detach().to(device=adapter.device, dtype=adapter.dtype)
-        b, c, h, w = x.shape
-        image_seeds = check_seeds(seeds, b, self.seed)
-        prep = adapter.preprocessing
+    def score(self, batch: Batch) -> MetricResult:
+        """The curves of the batch and the areas under them."""
+        adapter, target = batch.adapter, batch.target
+        assert adapter is not None and target is not None  # needs_model
+        x = batch.x
+        _b, c, h, w = x.shape
         if self.substrate in ("black", "random"):
-            check_preprocessing(prep, c)
-        saliency = saliency_at(a_batch, (h, w), self.upsample).to(x.device)
+            check_preprocessing(adapter.preprocessing, c)
         counts = self.counts(h, w)
-        chunk = resolve_batch_size(self.batch_size, adapter, c * h * w * x.element_size())
-        with model_lock(adapter.model), preserved_state(adapter.model):
-            if y_batch is None:
-                with torch.inference_mode():
-                    logits = adapter.logits(x, check_finite=False)
-            else:
-                logits = torch.empty(b, adapter.num_classes, device=x.device)
-            target = resolve_targets(y_batch, logits, adapter.num_classes).to(x.device)
-            substrate = self._substrate(x, prep, image_seeds, counts.numel())
-            curves = causal_curves(
-                adapter,
-                x,
-                target,
-                saliency,
-                substrate,
-                counts,
-                insertion=self.insertion,
-                batch_size=chunk,
-                ties=self.ties,
-            )
+        chunk = resolve_batch_size(self.batch_size, adapter.device, c * h * w * x.element_size())
+        substrate = self._substrate(x, adapter.preprocessing, batch.seeds, counts.numel())
+        curves = causal_curves(
+            adapter,
+            x,
+            target,
+            batch.saliency,
+            substrate,
+            counts,
+            insertion=self.insertion,
+            batch_size=chunk,
+            ties=self.ties,
+        )
         if not torch.isfinite(curves).all():
             raise ModelOutputError(
                 f"{self.name}: the model returned NaN or infinite logits on perturbed inputs; "

@@ -22,8 +22,8 @@ def register_metric(cls: M) -> M:
         >>> @register_metric
         ... class MapMax(Metric):
         ...     name = "map-max-doc"
-        ...     def __call__(self, model, x_batch, y_batch, a_batch, s_batch=None, *, seeds=None):
-        ...         return MetricResult(self.name, a_batch.flatten(1).amax(1).double())
+        ...     def score(self, batch):
+        ...         return MetricResult(self.name, batch.saliency.flatten(1).amax(1).double())
         >>> "map-max-doc" in list_metrics()
         True
         >>> metrics.unregister("map-max-doc")

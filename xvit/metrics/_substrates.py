@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .._errors import InvalidInputError, ParameterError
-from ..models._preprocessing import Preprocessing
+from ..models import Preprocessing
 
 SUBSTRATES = ("blur", "zero", "black", "mean", "random", "rise_blur", "scalar_mean", "randn")
 #: Substrates drawn anew at every curve point rather than once per image.

@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from ..explanation import Explanation
-from ._base import MetricResult
+from ._base import MetricResult, Saliency
 from ._causal import CausalMetric
 from ._registration import register_metric
 
@@ -51,7 +50,7 @@ def deletion(
     model: Any,
     x_batch: torch.Tensor,
     y_batch: Any,
-    a_batch: torch.Tensor | Explanation,
+    a_batch: Saliency,
     *,
     seeds: Sequence[int] | None = None,
     **params: Any,
@@ -60,7 +59,7 @@ def deletion(
 
     Example:
         >>> import timm, torch
-        >>> from xvit.metrics import deletion
+        >>> from xvit.metrics.functional import deletion
         >>> m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1,
         ...                       img_size=32, patch_size=8)
         >>> deletion(m, torch.randn(1, 3, 32, 32), 0, torch.rand(1, 4, 4), step=64).curves.shape

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from .._errors import ParameterError
-from ..explanation import Explanation
-from ._base import (
-    UPSAMPLE_MODES,
-    Boxes,
-    Metric,
-    MetricResult,
-    check_batch,
-    check_choice,
-    saliency_at,
-)
-from ._boxes import box_masks, require_boxes
+from .._constraints import Literal, OneOf, Rule, Satisfies, Spec, check_param
+from ._base import UPSAMPLE, Batch, Metric, MetricResult, Saliency
+from ._boxes import Boxes
+from ._localisation import maps_and_masks
 from ._registration import register_metric
-from .pointing_game import _map_size
 
 NORMALIZATIONS = ("minmax", "clamp", "abs", "none")
 #: Presets: (upsample, normalize, max_box_fraction). "tis" is Transformer Input Sampling's
@@ -31,6 +21,20 @@ EPG_PROTOCOLS: dict[str, tuple[str, str, float | None]] = {
     "xvit": ("nearest", "minmax", None),
     "tis": ("bilinear", "abs", 0.5),
 }
+
+NORMALIZE = OneOf(*NORMALIZATIONS)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+#: A share of the input (positive; ``math.inf`` switches the large-box rule off).
+BOX_FRACTION = Satisfies(
+    _positive, "a positive number (a share of the input; math.inf for no limit)", float
+)
+#: None, where the preset of a protocol decides.
+PRESET = Literal(None, "the protocol's")
 
 
 def _energy_maps(maps: torch.Tensor, normalize: str) -> torch.Tensor:
@@ -48,7 +52,7 @@ def _energy_maps(maps: torch.Tensor, normalize: str) -> torch.Tensor:
 
 
 def energy_pointing_game(
-    a_batch: torch.Tensor | Explanation,
+    a_batch: Saliency,
     s_batch: Boxes,
     *,
     size: tuple[int, int] | None = None,
@@ -79,18 +83,37 @@ def energy_pointing_game(
 
     Example:
         >>> import torch
-        >>> from xvit.metrics import energy_pointing_game
+        >>> from xvit.metrics.functional import energy_pointing_game
         >>> m = torch.tensor([[[0.0, 1.0], [1.0, 2.0]]])
         >>> energy_pointing_game(m, [[(1, 1, 2, 2)]]).tolist()  # energies 0, .5, .5, 1
         [0.5]
     """
-    normalize = check_choice("normalize", normalize, NORMALIZATIONS, "energy_pointing_game")
-    max_box_fraction = _check_fraction(max_box_fraction)
-    h, w = _map_size(a_batch, size)
-    maps = _energy_maps(saliency_at(a_batch, (h, w), upsample).cpu(), normalize)
-    b = maps.shape[0]
-    masks = box_masks(s_batch, (h, w), b).flatten(1)
-    flat = maps.flatten(1)
+    normalize = check_param("energy_pointing_game", "normalize", normalize, NORMALIZE)
+    max_box_fraction = check_param(
+        "energy_pointing_game",
+        "max_box_fraction",
+        max_box_fraction,
+        Rule(BOX_FRACTION, Literal(None, "every image scored")),
+    )
+    maps, masks = maps_and_masks(a_batch, s_batch, size, upsample)
+    return energy_shares(maps, masks, normalize, max_box_fraction)
+
+
+def energy_shares(
+    maps: torch.Tensor, masks: torch.Tensor, normalize: str, max_box_fraction: float | None
+) -> torch.Tensor:
+    """(B,) float64 share of each map's energy (``normalize``-d) inside its mask; NaN where
+    the mask is empty, the energy is not positive, or the mask covers at least
+    ``max_box_fraction`` of the input.
+
+    Example:
+        >>> import torch
+        >>> maps, masks = torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[False, True]]])
+        >>> energy_shares(maps, masks, "none", None).tolist()
+        [0.75]
+    """
+    flat = _energy_maps(maps, normalize).flatten(1)
+    masks = masks.flatten(1)
     total = flat.sum(dim=1)
     inside = (flat * masks).sum(dim=1)
     defined = masks.any(dim=1) & (total > 0)
@@ -98,17 +121,6 @@ def energy_pointing_game(
         defined &= masks.double().mean(dim=1) < max_box_fraction
     share = inside / torch.where(total > 0, total, 1.0)
     return torch.where(defined, share, torch.full_like(share, math.nan))
-
-
-def _check_fraction(value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ParameterError(
-            f"energy_pointing_game: max_box_fraction must be a positive number (a share of "
-            f"the input; math.inf for no limit) or None, got {value!r}"
-        )
-    return float(value)
 
 
 @register_metric
@@ -148,6 +160,12 @@ class EnergyPointingGame(Metric):
     paper = "Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPR-W 2020"
     higher_is_better = True
     needs_boxes = True
+    parameter_constraints: ClassVar[dict[str, Spec]] = {
+        "protocol": OneOf(*EPG_PROTOCOLS),
+        "upsample": (UPSAMPLE, PRESET),
+        "normalize": (NORMALIZE, PRESET),
+        "max_box_fraction": (BOX_FRACTION, PRESET),
+    }
 
     def __init__(
         self,
@@ -157,35 +175,16 @@ class EnergyPointingGame(Metric):
         normalize: str | None = None,
         max_box_fraction: float | None = None,
     ) -> None:
-        self.protocol = check_choice("protocol", protocol, tuple(EPG_PROTOCOLS), self.name)
-        preset_upsample, preset_normalize, preset_fraction = EPG_PROTOCOLS[self.protocol]
-        upsample = preset_upsample if upsample is None else upsample
-        normalize = preset_normalize if normalize is None else normalize
-        self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES, self.name)
-        self.normalize = check_choice("normalize", normalize, NORMALIZATIONS, self.name)
-        if max_box_fraction is None:
-            max_box_fraction = preset_fraction
-        self.max_box_fraction = _check_fraction(max_box_fraction)
+        self.protocol = protocol
+        preset_upsample, preset_normalize, preset_fraction = EPG_PROTOCOLS[protocol]
+        self.upsample = preset_upsample if upsample is None else upsample
+        self.normalize = preset_normalize if normalize is None else normalize
+        self.max_box_fraction = preset_fraction if max_box_fraction is None else max_box_fraction
 
-    def __call__(
-        self,
-        model: Any,
-        x_batch: torch.Tensor,
-        y_batch: Any,
-        a_batch: torch.Tensor | Explanation,
-        s_batch: Boxes | None = None,
-        *,
-        seeds: Sequence[int] | None = None,
-    ) -> MetricResult:
-        check_batch(x_batch, a_batch)
-        s_batch = require_boxes(s_batch, self.name)
-        size = (int(x_batch.shape[-2]), int(x_batch.shape[-1]))
-        scores = energy_pointing_game(
-            a_batch,
-            s_batch,
-            size=size,
-            upsample=self.upsample,
-            normalize=self.normalize,
-            max_box_fraction=self.max_box_fraction,
+    def score(self, batch: Batch) -> MetricResult:
+        """The energy shares of the batch's maps inside its boxes."""
+        assert batch.boxes is not None  # needs_boxes
+        scores = energy_shares(
+            batch.saliency.cpu(), batch.boxes, self.normalize, self.max_box_fraction
         )
         return MetricResult(self.name, scores)

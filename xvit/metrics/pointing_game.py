@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from typing import ClassVar
 
 import torch
 
-from .._errors import InvalidInputError, ParameterError
-from ..explanation import Explanation
-from ._base import (
-    UPSAMPLE_MODES,
-    Boxes,
-    Metric,
-    MetricResult,
-    check_batch,
-    check_choice,
-    saliency_at,
-)
-from ._boxes import box_masks, require_boxes
+from .._constraints import Literal, Real, Rule, Spec, check_param
+from ._base import UPSAMPLE, Batch, Metric, MetricResult, Saliency
+from ._boxes import Boxes
+from ._localisation import maps_and_masks
 from ._registration import register_metric
 
 #: The Pointing Game's tolerance as its authors set it: 15 px on ImageNet inputs whose shorter
@@ -29,6 +20,13 @@ REFERENCE_SIDE = 224
 TOLERANCE_RULE = (
     f"{REFERENCE_TOLERANCE:g} px per {REFERENCE_SIDE} px of the input's shorter side, as "
     f"Zhang et al. set it on ImageNet"
+)
+
+#: The constraint of ``tolerance``: pixels, or None for :data:`TOLERANCE_RULE`.
+TOLERANCE = Rule(
+    Real(low=0, low_open=True),
+    Literal(None, TOLERANCE_RULE),
+    note="a number is taken as pixels, whatever the input size",
 )
 
 
@@ -42,35 +40,6 @@ def default_tolerance(size: tuple[int, int]) -> float:
     return REFERENCE_TOLERANCE * min(int(size[0]), int(size[1])) / REFERENCE_SIDE
 
 
-def check_tolerance(tolerance: Any) -> float | None:
-    """``tolerance`` if it is None (the default rule) or a positive, finite number of pixels."""
-    if tolerance is None:
-        return None
-    if (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, (int, float))
-        or not (tolerance > 0 and math.isfinite(tolerance))
-    ):
-        raise ParameterError(
-            f"pointing_game: tolerance must be a positive number of pixels (or None for "
-            f"{TOLERANCE_RULE}), got {tolerance!r}"
-        )
-    return tolerance
-
-
-def _map_size(a_batch: torch.Tensor | Explanation, size: tuple[int, int] | None) -> tuple[int, int]:
-    if size is not None:
-        return int(size[0]), int(size[1])
-    if isinstance(a_batch, Explanation):
-        return a_batch.input_size
-    if isinstance(a_batch, torch.Tensor) and a_batch.dim() == 3:
-        return int(a_batch.shape[-2]), int(a_batch.shape[-1])
-    raise InvalidInputError(
-        f"saliency maps must be B x h x w, got {type(a_batch).__name__} "
-        f"{tuple(a_batch.shape) if isinstance(a_batch, torch.Tensor) else ''}"
-    )
-
-
 def max_points(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols) of each map's maximum; the first maximum in raster order on ties."""
     w = maps.shape[-1]
@@ -79,7 +48,7 @@ def max_points(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pointing_game(
-    a_batch: torch.Tensor | Explanation,
+    a_batch: Saliency,
     s_batch: Boxes,
     *,
     size: tuple[int, int] | None = None,
@@ -104,25 +73,37 @@ def pointing_game(
 
     Example:
         >>> import torch
-        >>> from xvit.metrics import pointing_game
+        >>> from xvit.metrics.functional import pointing_game
         >>> m = torch.zeros(2, 4, 4)
         >>> m[:, 3, 3] = 1.0  # maximum at pixel (row 3, col 3)
         >>> pointing_game(m, [[(3, 3, 4, 4)], [(0, 0, 1, 1)]], tolerance=1).tolist()
         [1.0, 0.0]
     """
-    tolerance = check_tolerance(tolerance)
-    h, w = _map_size(a_batch, size)
+    tolerance = check_param("pointing_game", "tolerance", tolerance, TOLERANCE)
+    maps, masks = maps_and_masks(a_batch, s_batch, size, upsample)
     if tolerance is None:
-        tolerance = default_tolerance((h, w))
-    maps = saliency_at(a_batch, (h, w), upsample).cpu()
-    b = maps.shape[0]
-    masks = box_masks(s_batch, (h, w), b)
+        tolerance = default_tolerance((maps.shape[-2], maps.shape[-1]))
+    return hits(maps, masks, tolerance)
+
+
+def hits(maps: torch.Tensor, masks: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """(B,) float64: 1.0 where a mask pixel lies strictly closer than ``tolerance`` pixels to
+    the map's first maximum, 0.0 where none does, NaN where the mask is empty.
+
+    Example:
+        >>> import torch
+        >>> maps, masks = torch.eye(3).unsqueeze(0), torch.zeros(1, 3, 3, dtype=torch.bool)
+        >>> masks[0, 0, 2] = True  # 2 px right of the maximum at (0, 0)
+        >>> hits(maps, masks, 2.0).tolist(), hits(maps, masks, 2.5).tolist()
+        ([0.0], [1.0])
+    """
+    b, h, w = maps.shape
     rows, cols = max_points(maps)
     dr = (torch.arange(h, dtype=torch.float64).view(1, h, 1) - rows.view(b, 1, 1)) ** 2
     dc = (torch.arange(w, dtype=torch.float64).view(1, 1, w) - cols.view(b, 1, 1)) ** 2
     near = (dr + dc) < float(tolerance) ** 2
-    hits = (masks & near).flatten(1).any(dim=1).double()
-    return torch.where(masks.flatten(1).any(dim=1), hits, torch.full_like(hits, math.nan))
+    found = (masks & near).flatten(1).any(dim=1).double()
+    return torch.where(masks.flatten(1).any(dim=1), found, torch.full_like(found, math.nan))
 
 
 @register_metric
@@ -162,10 +143,14 @@ class PointingGame(Metric):
     paper = "Zhang et al., Top-down Neural Attention by Excitation Backprop, IJCV 2018"
     higher_is_better = True
     needs_boxes = True
+    parameter_constraints: ClassVar[dict[str, Spec]] = {
+        "tolerance": TOLERANCE,
+        "upsample": UPSAMPLE,
+    }
 
     def __init__(self, *, tolerance: float | None = None, upsample: str = "nearest") -> None:
-        self.tolerance = check_tolerance(tolerance)
-        self.upsample = check_choice("upsample", upsample, UPSAMPLE_MODES, self.name)
+        self.tolerance = tolerance
+        self.upsample = upsample
 
     def tolerance_at(self, size: tuple[int, int]) -> float:
         """The tolerance in pixels on inputs of ``size`` (H, W)."""
@@ -180,20 +165,8 @@ class PointingGame(Metric):
             f"{h} x {w} px input ({how})."
         )
 
-    def __call__(
-        self,
-        model: Any,
-        x_batch: torch.Tensor,
-        y_batch: Any,
-        a_batch: torch.Tensor | Explanation,
-        s_batch: Boxes | None = None,
-        *,
-        seeds: Sequence[int] | None = None,
-    ) -> MetricResult:
-        check_batch(x_batch, a_batch)
-        s_batch = require_boxes(s_batch, self.name)
-        size = (int(x_batch.shape[-2]), int(x_batch.shape[-1]))
-        scores = pointing_game(
-            a_batch, s_batch, size=size, tolerance=self.tolerance_at(size), upsample=self.upsample
-        )
+    def score(self, batch: Batch) -> MetricResult:
+        """Hits of the batch's maps on its boxes at :meth:`tolerance_at` its input size."""
+        assert batch.boxes is not None  # needs_boxes
+        scores = hits(batch.saliency.cpu(), batch.boxes, self.tolerance_at(batch.size))
         return MetricResult(self.name, scores)

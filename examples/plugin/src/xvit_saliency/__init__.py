@@ -58,7 +58,7 @@ class Saliency(xvit.Explainer):
             )
         self.per_patch = per_patch
 
-    def attribute(
+    def compute(
         self, adapter: xvit.ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
         """B x H x W pixel maps (B x h x w patch maps with ``per_patch``)."""

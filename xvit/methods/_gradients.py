@@ -1,0 +1,39 @@
+"""The gradient pass the gradient-based methods share: one forward of the target logit with
+gradients, while a :class:`~xvit.models.Capture` records what the method reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from ..models._base import ModelAdapter
+from ..models._capture import Capture
+
+
+def target_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each image's logit (or probability) of its target class: B x classes, (B,) -> (B,).
+
+    Example:
+        >>> target_logits(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([1, 0]))
+        tensor([2., 3.])
+    """
+    return logits.gather(1, target.unsqueeze(1)).squeeze(1)
+
+
+@contextmanager
+def target_gradient_pass(
+    adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor, **capture: Any
+) -> Iterator[tuple[Capture, torch.Tensor, torch.Tensor]]:
+    """Run one forward of ``inputs`` with gradients under ``Capture(adapter, **capture)``.
+
+    Yields the capture, the logits and the score to differentiate: the sum over the batch of
+    each image's target logit (not its softmax), so each image's gradients are its own. The
+    block runs with gradients enabled and the hooks in place; they are removed on exit.
+    """
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad(), Capture(adapter, **capture) as cap:
+        logits = adapter.logits(x)
+        yield cap, logits, target_logits(logits, target).sum()
