@@ -199,6 +199,25 @@ def test_a_model_without_attention_is_refused_for_attention_methods(timm_vit) ->
     assert xvit.make_explainer("gradmask").attribute(adapter, x, target).shape == (2, 4, 4)
 
 
+@pytest.mark.parametrize(
+    ("capabilities", "refused", "allowed"),
+    [({"attention"}, "gradmask", "rollout"), ({"qkv"}, "rollout", "gradmask")],
+)
+def test_methods_ask_the_adapter_for_the_capabilities_they_declare(
+    timm_vit, capabilities, refused, allowed
+) -> None:
+    class Limited(xvit.models.TimmViTAdapter):
+        pass
+
+    Limited.capabilities = frozenset(capabilities)
+    adapter = Limited(timm_vit)
+    x, target = model_input(timm_vit), torch.tensor([0, 1])
+    missing = ({"qkv", "attention"} - capabilities).pop()
+    with pytest.raises(xvit.UnsupportedModelError, match=f"{refused} needs '{missing}'"):
+        xvit.make_explainer(refused).attribute(adapter, x, target)
+    assert xvit.make_explainer(allowed).attribute(adapter, x, target).shape == (2, 4, 4)
+
+
 # --- declared parameters ------------------------------------------------------------------
 @pytest.mark.parametrize("name", xvit.list_methods())
 def test_every_parameter_of_a_builtin_is_declared(name: str) -> None:

@@ -33,6 +33,8 @@ from .methods import (
     score_masks,
 )
 from .models import (
+    Family,
+    FamilyAdapter,
     Geometry,
     ModelAdapter,
     Preprocessing,
@@ -53,6 +55,8 @@ __all__ = [
     "CaptureError",
     "Explainer",
     "Explanation",
+    "Family",
+    "FamilyAdapter",
     "Geometry",
     "InvalidInputError",
     "ModelAdapter",

@@ -91,6 +91,9 @@ class Explainer(Configurable, ABC):
             :meth:`cost` is then one gradient pass).
         needs_attention: Whether it reads attention probabilities (:meth:`attribute` then
             refuses a model whose adapter provides none).
+        needs_qkv: Whether it reads the q/k/v projections of the blocks. :meth:`attribute`
+            asks the adapter for the capabilities these two flags name
+            (:meth:`capabilities_needed`) and refuses a model that lacks one, naming it.
         randomized: Whether it draws random numbers (then it takes a ``seed``, see
             :mod:`xvit._seeds`).
         quick_params: Parameters for a cheap but valid run (used by smoke tests and demos).
@@ -115,6 +118,7 @@ class Explainer(Configurable, ABC):
     family: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
+    needs_qkv: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
     quick_params: ClassVar[dict[str, Any]] = {}
 
@@ -181,6 +185,18 @@ class Explainer(Configurable, ABC):
         Called by :meth:`attribute` only, with the model in eval mode and locked; it must
         return its maps on the input's device.
         """
+
+    @classmethod
+    def capabilities_needed(cls) -> tuple[str, ...]:
+        """The adapter capabilities this method needs ("qkv", "attention"), from its flags.
+
+        Example:
+            >>> import xvit
+            >>> xvit.get_method("gradmask").capabilities_needed()
+            ('qkv',)
+        """
+        flags = (("qkv", cls.needs_qkv), ("attention", cls.needs_attention))
+        return tuple(name for name, needed in flags if needed)
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         """The passes through the model :meth:`attribute` makes per image, with these
@@ -253,6 +269,7 @@ def _checked_call(
             f"{who}: target holds {int(target.min())} .. {int(target.max())}, out of range: "
             f"the model has {n} classes (0 .. {n - 1})"
         )
+    adapter.require(*type(explainer).capabilities_needed(), method=who)
     if type(explainer).needs_attention:
         _check_attention(who, adapter)
     return target.to(device=inputs.device, dtype=torch.long)

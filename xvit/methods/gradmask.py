@@ -111,6 +111,7 @@ class GradMask(TakesForwardOptions, Explainer):
     )
     family = "gradient+mask"
     needs_gradients = True
+    needs_qkv = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {
         "masks_per_layer": Integer(low=1),
         "blocks": BLOCKS,

@@ -12,7 +12,7 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -70,15 +70,29 @@ class QKVSource:
     """Where one block's q, k and v projection outputs come from.
 
     ``modules`` holds either one fused module whose output is [q | k | v] along the last
-    dimension (timm's ``qkv``), or three modules (HF's query/key/value).
+    dimension (timm's ``qkv``), or three modules (HF's query/key/value); their forward outputs
+    are recorded with hooks.
+
+    ``weight``, when given, names the fused projection by its weight instead: the block calls
+    ``F.linear(x, weight, bias)`` itself (timm Beit and fused Eva add separate q/v biases that
+    way, so the ``qkv`` module never runs; torch's ``nn.MultiheadAttention`` projects with its
+    ``in_proj_weight``). :class:`~xvit.models.Capture` then records the output of every
+    ``F.linear`` call with that weight tensor, for the call only; ``modules`` is then the one
+    module that owns the weight.
+
+    Example:
+        >>> from torch import nn
+        >>> QKVSource(modules=(nn.Linear(8, 24),), hidden_size=8).fused
+        True
     """
 
     modules: tuple[nn.Module, ...]
     hidden_size: int
+    weight: torch.Tensor | None = None
 
     @property
     def fused(self) -> bool:
-        return len(self.modules) == 1
+        return len(self.modules) == 1 or self.weight is not None
 
 
 @dataclass
@@ -87,20 +101,59 @@ class AttentionSource:
 
     ``extract`` turns that output into the B x heads x N x N probability tensor (or None
     when the module did not compute them, e.g. on a fused attention path).
+
+    Example:
+        >>> from torch import nn
+        >>> source = AttentionSource(module=nn.Softmax(-1), extract=lambda out: out)
+        >>> type(source.module).__name__
+        'Softmax'
     """
 
     module: nn.Module
     extract: Callable[[Any], torch.Tensor | None]
 
 
+@dataclass(frozen=True)
+class TokenLayout:
+    """The token sequence one block sees: ``num_prefix_tokens`` tokens (CLS, distillation,
+    registers) before the patch tokens in raster order, each patch token covering ``stride``
+    pixels (height, width) of the input.
+
+    Plain ViTs give every block the model's own layout; a hierarchical model (Swin) gives
+    each stage its own stride, so nothing assumes one sequence shared by all blocks.
+
+    Example:
+        >>> TokenLayout(num_prefix_tokens=1, stride=(8, 8)).grid(32, 24)
+        (4, 3)
+    """
+
+    num_prefix_tokens: int
+    stride: tuple[int, int]
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid (h, w) of this block for an input of the given size."""
+        return height // self.stride[0], width // self.stride[1]
+
+
 @dataclass
 class BlockSources:
-    """The capture points of one transformer block."""
+    """The capture points of one transformer block.
+
+    ``attention`` is None where the block's attention probabilities cannot be had; ``tokens``
+    is the block's own token layout (None: the model's, from its :class:`Geometry`).
+
+    Example:
+        >>> import xvit
+        >>> block = xvit.get_adapter(xvit.load_model("xvit:digits-vit")).blocks()[0]
+        >>> block.qkv.fused, block.tokens
+        (True, TokenLayout(num_prefix_tokens=1, stride=(8, 8)))
+    """
 
     qkv: QKVSource
-    attention: AttentionSource
+    attention: AttentionSource | None
     norm1: nn.Module
     extra: dict[str, nn.Module] = field(default_factory=dict)
+    tokens: TokenLayout | None = None
 
 
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -181,8 +234,34 @@ class ModelAdapter(ABC):
     #: default and is asked before them.
     priority: ClassVar[int] = 0
 
+    #: What the adapter can give the methods: ``"qkv"`` (q/k/v projection outputs, for
+    #: gradient-on-projection methods such as GradMask) and ``"attention"`` (attention
+    #: probabilities, for rollout, attention maps, GAE). See :meth:`require`.
+    capabilities: ClassVar[frozenset[str]] = frozenset({"qkv", "attention"})
+
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+
+    def require(self, *capabilities: str, method: str | None = None) -> None:
+        """Raise :class:`~xvit.UnsupportedModelError` unless the adapter has every capability.
+
+        Methods call it with what they need before touching the model, so a model that cannot
+        give it is refused with the missing capability named.
+
+        Example:
+            >>> import xvit
+            >>> adapter = xvit.get_adapter(xvit.load_model("xvit:digits-vit"))
+            >>> adapter.require("qkv", "attention", method="gae")  # nothing missing: no error
+        """
+        missing = [c for c in capabilities if c not in self.capabilities]
+        if missing:
+            who = f"{method} needs" if method else "needed:"
+            have = ", ".join(sorted(self.capabilities)) or "none"
+            raise UnsupportedModelError(
+                f"{who} {', '.join(repr(c) for c in missing)}, which "
+                f"{type(self).__name__} cannot give for a {type(self.model).__name__} "
+                f"(its capabilities: {have}); choose a method that needs only those"
+            )
 
     # --- identification -------------------------------------------------------------------
     @classmethod
@@ -306,6 +385,15 @@ class ModelAdapter(ABC):
     @contextmanager
     def eager_attention(self) -> Iterator[None]:
         """Switch to an attention path that materialises probabilities; restore on exit."""
+
+    def capture_path(self, *, qkv: bool, attention: bool) -> AbstractContextManager[None]:
+        """The path the model runs while :class:`~xvit.models.Capture` records: its
+        :meth:`eager_attention` when attention probabilities are wanted, else the model's own.
+
+        An adapter whose q/k/v exist only on the eager path (torch's ``nn.MultiheadAttention``
+        projects inside one fused call) overrides it.
+        """
+        return self.eager_attention() if attention else nullcontext()
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise :class:`~xvit.InvalidInputError` when the batch cannot go through the model

@@ -14,7 +14,9 @@ from types import TracebackType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .._errors import CaptureError
 from ._base import ModelAdapter, model_lock
@@ -28,6 +30,31 @@ def _first_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise CaptureError(f"expected a tensor output, got {type(output).__name__}")
+
+
+class _LinearRecorder(TorchFunctionMode):
+    """Records the output of every ``F.linear`` call whose weight is one of the watched
+    tensors (by identity), for blocks that call their fused projection functionally.
+
+    Torch function modes are thread-local and live for the ``with`` block only; nothing on
+    the model changes.
+    """
+
+    def __init__(self, by_weight: dict[int, int], store: list[list[torch.Tensor | None]]) -> None:
+        super().__init__()
+        self.by_weight = by_weight
+        self.store = store
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else (kwargs or {}).get("weight")
+            block = self.by_weight.get(id(weight))
+            if block is not None:
+                self.store[block][0] = out
+        return out
 
 
 class Capture:
@@ -85,18 +112,33 @@ class Capture:
         # (through xvit) cannot run into them
         self._lock.acquire()
         try:
-            if self.want_attention:
-                self._stack.enter_context(self.adapter.eager_attention())
+            needs = ("qkv",) * self.want_qkv + ("attention",) * self.want_attention
+            self.adapter.require(*needs)
+            self._stack.enter_context(
+                self.adapter.capture_path(qkv=self.want_qkv, attention=self.want_attention)
+            )
             blocks = self.adapter.blocks()
             if self.want_qkv:
                 self._qkv_raw = [[None] * len(b.qkv.modules) for b in blocks]
+                by_weight: dict[int, int] = {}
                 for i, block in enumerate(blocks):
+                    if block.qkv.weight is not None:
+                        by_weight[id(block.qkv.weight)] = i
+                        continue
                     for j, module in enumerate(block.qkv.modules):
                         self._hook(module, self._store_qkv(i, j))
+                if by_weight:
+                    self._stack.enter_context(_LinearRecorder(by_weight, self._qkv_raw))
             if self.want_attention:
                 self._attn = [None] * len(blocks)
                 for i, block in enumerate(blocks):
-                    self._hook(block.attention.module, self._store_attention(i, block.attention))
+                    source = block.attention
+                    if source is None:
+                        raise CaptureError(
+                            f"block {i} of this {type(self.adapter.model).__name__} has no "
+                            f"attention probabilities to record"
+                        )
+                    self._hook(source.module, self._store_attention(i, source))
             for name, module in self.layer_modules.items():
                 self._layers[name] = None
                 self._hook(module, self._store_layer(name))

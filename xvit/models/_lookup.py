@@ -11,14 +11,21 @@ from torch import nn
 from .._errors import UnsupportedModelError
 from .._registry import Registry
 from ._base import ModelAdapter
+from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
+from .timm_eva_beit import TimmBeitAdapter, TimmEvaAdapter
 from .timm_vit import TimmViTAdapter
+from .torchvision_vit import TorchvisionViTAdapter
 
 #: Adapter classes by name; plugins through the ``xvit.adapters`` entry points.
 #: :func:`get_adapter` asks them in :func:`adapter_order`.
 adapters: Registry[type[ModelAdapter]] = Registry("model adapter", group="xvit.adapters")
 adapters.register("hf", HFViTAdapter)
+adapters.register("hf-dinov2", HFDinov2Adapter)
 adapters.register("timm", TimmViTAdapter)
+adapters.register("timm-beit", TimmBeitAdapter)
+adapters.register("timm-eva", TimmEvaAdapter)
+adapters.register("torchvision", TorchvisionViTAdapter)
 
 
 def adapter_order() -> list[type[ModelAdapter]]:
@@ -26,8 +33,8 @@ def adapter_order() -> list[type[ModelAdapter]]:
     declared ``priority`` (lower first), then by registered name.
 
     Example:
-        >>> [cls.__name__ for cls in adapter_order()]
-        ['HFViTAdapter', 'TimmViTAdapter']
+        >>> [cls.__name__ for cls in adapter_order()][:3]
+        ['HFViTAdapter', 'HFDinov2Adapter', 'TimmViTAdapter']
     """
     ranked = sorted(adapters.items(), key=lambda item: (getattr(item[1], "priority", 0), item[0]))
     return [cls for _, cls in ranked]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,17 +11,9 @@ import torch
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._base import (
-    AttentionSource,
-    BlockSources,
-    Geometry,
-    ModelAdapter,
-    QKVSource,
-    inherits,
-    model_lock,
-    pair,
-)
-from ._guard import attribute_switched, has_hooks
+from ._base import AttentionSource, QKVSource, inherits, pair
+from ._family import Family, FamilyAdapter, hf_eager, second_tensor
+from ._guard import has_hooks
 from ._hf_shortcut import (
     HEADS,
     bidirectional_mask,
@@ -46,17 +39,148 @@ SUPPORTED = (
 )
 
 
-def _second_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, (tuple, list)) and len(output) > 1:
-        t = output[1]
-        if isinstance(t, torch.Tensor) and t.dim() == 4:
-            return t
+def backbone_of(model: Any) -> nn.Module:
+    """The ``vit``/``deit`` backbone of an HF ViT or DeiT classifier."""
+    for name in ("vit", "deit"):
+        sub = getattr(model, name, None)
+        if isinstance(sub, nn.Module):
+            return sub
+    raise UnsupportedModelError(f"{type(model).__name__} has no vit/deit backbone")
+
+
+def encoder_layers(backbone: Any) -> list[nn.Module]:
+    """An HF backbone's encoder layers as they are now: ``layers`` (transformers 5.x) or
+    ``encoder.layer`` (4.x); empty when it has neither."""
+    layers = getattr(backbone, "layers", None)
+    if layers is None:
+        layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    return list(layers) if layers is not None else []
+
+
+def projections(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module] | None:
+    """(q, k, v, module returning attention probabilities) of one HF layer: ``attention
+    .{q,k,v}_proj`` (5.x) or ``attention.attention.{query,key,value}`` (4.x)."""
+    attn = getattr(layer, "attention", None)
+    if attn is None:
+        return None
+    if all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")):
+        return attn.q_proj, attn.k_proj, attn.v_proj, attn
+    inner = getattr(attn, "attention", None)
+    if inner is not None and all(
+        isinstance(getattr(inner, n, None), nn.Linear) for n in ("query", "key", "value")
+    ):
+        return inner.query, inner.key, inner.value, inner
     return None
 
 
-class HFViTAdapter(ModelAdapter):
+def hf_qkv(layer: nn.Module) -> QKVSource:
+    found = projections(layer)
+    assert found is not None
+    q, k, v, _ = found
+    return QKVSource(modules=(q, k, v), hidden_size=int(q.out_features))  # type: ignore[arg-type]
+
+
+def hf_attention(layer: nn.Module) -> AttentionSource:
+    found = projections(layer)
+    assert found is not None
+    return AttentionSource(module=found[3], extract=second_tensor)
+
+
+def check_projections(model: Any, layers: list[nn.Module]) -> None:
+    """Raise :class:`~xvit.UnsupportedModelError` unless every layer has q/k/v projections."""
+    if not layers:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no encoder layers (looked for .layers and .encoder.layer)"
+        )
+    for i, layer in enumerate(layers):
+        if projections(layer) is None:
+            raise UnsupportedModelError(
+                f"layer {i} of this {type(model).__name__} has no query/key/value (4.x) or "
+                f"q_proj/k_proj/v_proj (5.x) projections; its structure was modified"
+            )
+
+
+#: Models whose eager path is on (:func:`legacy_eager`): transformers 4.x returns attention
+#: probabilities only when the forward is asked for them.
+_EAGER: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+@contextmanager
+def legacy_eager(model: nn.Module) -> Iterator[None]:
+    """:func:`hf_eager`, and ``output_attentions=True`` for the forwards of a transformers
+    4.x model inside the block (5.x's eager path always returns them, and asking there would
+    install output-recording hooks on the model)."""
+    with hf_eager(model):
+        outer = model in _EAGER  # nested: the outer switch stays on
+        _EAGER.add(model)
+        try:
+            yield
+        finally:
+            if not outer:
+                _EAGER.discard(model)
+
+
+def is_legacy_layout(layers: list[nn.Module]) -> bool:
+    """True for the transformers 4.x module layout (``attention.attention.query``)."""
+    return not hasattr(getattr(layers[0], "attention", None), "q_proj")
+
+
+def hf_logits(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """The logits of an HF image classifier (asking 4.x for attentions on the eager path)."""
+    if model in _EAGER and is_legacy_layout(encoder_layers(backbone_of(model))):
+        out = model(pixel_values=x, output_attentions=True)
+    else:
+        out = model(pixel_values=x)
+    return out.logits  # type: ignore[no-any-return]
+
+
+def _prefix(model: Any) -> int:
+    emb = backbone_of(model).embeddings  # type: ignore[union-attr]
+    return 2 if getattr(emb, "distillation_token", None) is not None else 1
+
+
+def _preprocessing(model: Any) -> Preprocessing:
+    attached = attached_preprocessing(model)
+    if attached is not None:
+        return attached
+    size = pair(model.config.image_size)
+    if "DeiT" in type(model).__name__:
+        # DeiTImageProcessor: resize 256, centre-crop 224, bicubic, ImageNet statistics
+        return Preprocessing(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic", crop_pct=0.875)
+    # ViTImageProcessor: resize straight to the model size, bilinear, mean = std = 0.5
+    return Preprocessing(size, HALF, HALF, "bilinear", squash=True)
+
+
+HF_VIT = Family(
+    name="hf",
+    description=(
+        "HuggingFace ViTForImageClassification, DeiTForImageClassification, "
+        "DeiTForImageClassificationWithTeacher (transformers 4.x and 5.x)"
+    ),
+    matches=lambda model: inherits(model, "transformers", SUPPORTED),
+    blocks=lambda model: encoder_layers(backbone_of(model)),
+    qkv=hf_qkv,
+    attention=hf_attention,
+    norm1=lambda layer: layer.layernorm_before,
+    num_heads=lambda model: int(model.config.num_attention_heads),
+    prefix_tokens=_prefix,
+    patch_size=lambda model: pair(model.config.patch_size),
+    image_size=lambda model: pair(model.config.image_size),
+    in_chans=lambda model: int(getattr(model.config, "num_channels", 3)),
+    pooling=lambda model: "prefix" if hasattr(model, "distillation_classifier") else "token",
+    eager=legacy_eager,
+    logits=hf_logits,
+    num_classes=lambda model: int(model.config.num_labels),
+    preprocessing=_preprocessing,
+    class_names=lambda model, n: hf_class_names(model.config, n),
+    prefix_rows_logits=lambda model, x: prefix_rows_logits(model, x),
+    check=lambda model: check_projections(model, encoder_layers(backbone_of(model))),
+)
+
+
+class HFViTAdapter(FamilyAdapter):
     """HuggingFace ``ViTForImageClassification``, ``DeiTForImageClassification`` and
-    ``DeiTForImageClassificationWithTeacher``.
+    ``DeiTForImageClassificationWithTeacher``; the declaration is :data:`HF_VIT`.
 
     Both module layouts are read: transformers 5.x (``layers[i].attention.q_proj``) and 4.x
     (``encoder.layer[i].attention.attention.query``). Attention probabilities come from the
@@ -72,236 +196,101 @@ class HFViTAdapter(ModelAdapter):
         ('HFViTAdapter', 1, (4, 4))
     """
 
+    family = HF_VIT
     framework = "transformers"
-    description = (
-        "HuggingFace ViTForImageClassification, DeiTForImageClassification, "
-        "DeiTForImageClassificationWithTeacher (transformers 4.x and 5.x)"
-    )
     priority = 100  # any subclass matches: adapters for narrower families go first
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        self._output_attentions = False
-        self._layers = self._find_layers()
-        for i, layer in enumerate(self._layers):
-            if self._projections(layer) is None:
-                raise UnsupportedModelError(
-                    f"layer {i} of this {type(model).__name__} has no query/key/value (4.x) or "
-                    f"q_proj/k_proj/v_proj (5.x) projections; its structure was modified"
-                )
+        self._layers = list(self.family.blocks(model))
 
-    @classmethod
-    def matches(cls, model: object) -> bool:
-        return inherits(model, "transformers", SUPPORTED)
-
-    # --- structure ------------------------------------------------------------------------
     @property
     def backbone(self) -> nn.Module:
-        for name in ("vit", "deit"):
-            sub = getattr(self.model, name, None)
-            if isinstance(sub, nn.Module):
-                return sub
-        raise UnsupportedModelError(f"{type(self.model).__name__} has no vit/deit backbone")
-
-    def _find_layers(self) -> list[nn.Module]:
-        layers = self._current_layers()
-        if not layers:
-            raise UnsupportedModelError(
-                f"{type(self.model).__name__} has no encoder layers (looked for .layers and "
-                f".encoder.layer)"
-            )
-        return layers
-
-    def _current_layers(self) -> list[nn.Module]:
-        """The backbone's encoder layers as they are now (``layers`` in 5.x, ``encoder.layer``
-        in 4.x); read again by the shortcut, since a user may have replaced them."""
-        bb = self.backbone
-        layers = getattr(bb, "layers", None)
-        if layers is None:
-            layers = getattr(getattr(bb, "encoder", None), "layer", None)
-        return list(layers) if layers is not None else []
+        return backbone_of(self.model)
 
     @property
     def layers(self) -> list[nn.Module]:
         """The encoder layers, first to last (``layers`` in 5.x, ``encoder.layer`` in 4.x)."""
         return list(self._layers)
 
-    @staticmethod
-    def _projections(layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module] | None:
-        """(q, k, v, module returning attention probabilities) of one layer."""
-        attn = getattr(layer, "attention", None)
-        if attn is None:
-            return None
-        if all(
-            isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")
-        ):
-            return attn.q_proj, attn.k_proj, attn.v_proj, attn
-        inner = getattr(attn, "attention", None)
-        if inner is not None and all(
-            isinstance(getattr(inner, n, None), nn.Linear) for n in ("query", "key", "value")
-        ):
-            return inner.query, inner.key, inner.value, inner
-        return None
-
     @property
     def config(self) -> Any:
         return self.model.config
 
     @property
-    def geometry(self) -> Geometry:
-        c = self.config
-        prefix = (
-            2 if getattr(self.backbone.embeddings, "distillation_token", None) is not None else 1
-        )
-        return Geometry(
-            num_blocks=len(self._layers),
-            num_heads=int(c.num_attention_heads),
-            hidden_size=int(c.hidden_size),
-            num_prefix_tokens=prefix,
-            patch_size=pair(c.patch_size),
-            image_size=pair(c.image_size),
-            in_chans=int(getattr(c, "num_channels", 3)),
-            dynamic_size=False,
-        )
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        attached = attached_preprocessing(self.model)
-        if attached is not None:
-            return attached
-        size = self.geometry.image_size
-        if "DeiT" in type(self.model).__name__:
-            # DeiTImageProcessor: resize 256, centre-crop 224, bicubic, ImageNet statistics
-            return Preprocessing(size, IMAGENET_MEAN, IMAGENET_STD, "bicubic", crop_pct=0.875)
-        # ViTImageProcessor: resize straight to the model size, bilinear, mean = std = 0.5
-        return Preprocessing(size, HALF, HALF, "bilinear", squash=True)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.config.num_labels)
-
-    def class_names(self) -> tuple[str, ...] | None:
-        """The names in ``config.id2label`` (None when HF's ``LABEL_<i>`` placeholders)."""
-        return hf_class_names(self.config, self.num_classes)
-
-    def blocks(self) -> list[BlockSources]:
-        out = []
-        for layer in self._layers:
-            found = self._projections(layer)
-            assert found is not None
-            q, k, v, attn_module = found
-            out.append(
-                BlockSources(
-                    qkv=QKVSource(modules=(q, k, v), hidden_size=int(q.out_features)),  # type: ignore[arg-type]
-                    attention=AttentionSource(module=attn_module, extract=_second_tensor),
-                    norm1=layer.layernorm_before,  # type: ignore[arg-type]
-                )
-            )
-        return out
-
-    # --- running --------------------------------------------------------------------------
-    @property
     def legacy_layout(self) -> bool:
         """True for the transformers 4.x module layout (``attention.attention.query``)."""
-        return not hasattr(self._layers[0].attention, "q_proj")
+        return is_legacy_layout(self._layers)
 
-    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        # 4.x returns attention probabilities only when asked; 5.x's eager path always
-        # returns them, and asking there would install output-recording hooks on the model
-        if self._output_attentions and self.legacy_layout:
-            out = self.model(pixel_values=x, output_attentions=True)
-        else:
-            out = self.model(pixel_values=x)
-        return out.logits
 
-    def scoring_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The forward with a shortcut in the last layer: the classifier heads read only the
-        CLS row (and the distillation row for ``DeiTForImageClassificationWithTeacher``), so
-        the last layer computes attention queries, the attention output and the MLP for those
-        rows alone; keys and values still come from every token. The embeddings and all
-        other layers run through the model's own modules (and attention implementation).
-        Saves about (N - T) / N of one layer; same logits up to float rounding.
+def prefix_rows_logits(model: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """The forward with a shortcut in the last layer: the classifier heads read only the
+    CLS row (and the distillation row for ``DeiTForImageClassificationWithTeacher``), so
+    the last layer computes attention queries, the attention output and the MLP for those
+    rows alone; keys and values still come from every token. The embeddings and all
+    other layers run through the model's own modules (and attention implementation).
+    Saves about (N - T) / N of one layer; same logits up to float rounding.
 
-        Falls back to :meth:`forward_logits` for anything but exactly the three supported
-        classes with their stock layers, in training mode, inside :meth:`eager_attention`,
-        when an attention mask would be passed, or when hooks or a replaced ``forward`` sit
-        on a module the shortcut bypasses or on anything in the last layer.
-        """
-        rows = self._shortcut_rows()
-        if rows is None:
-            return self.forward_logits(x)
-        model: Any = self.model
-        backbone: Any = self.backbone
-        legacy = self.legacy_layout
-        expected = backbone.embeddings.patch_embeddings.projection.weight.dtype
-        if x.dtype != expected:  # as ViTModel / DeiTModel do
-            x = x.to(expected)
-        h = backbone.embeddings(x)
-        if not legacy and bidirectional_mask(backbone.config, h) is not None:
-            return self.forward_logits(x)  # e.g. flex attention's BlockMask: keep it exact
-        layers = self._current_layers()
-        for layer in layers[:-1]:
-            out = layer(h)
-            h = out[0] if isinstance(out, tuple) else out  # 4.x layers return tuples
-        last = layers[-1]
-        h = legacy_prefix_rows(last, h, rows) if legacy else prefix_rows(last, h, rows)
-        h = backbone.layernorm(h)  # the pooler (if any) never reaches the logits
-        if rows == 2:
-            return (
-                model.cls_classifier(h[:, 0, :]) + model.distillation_classifier(h[:, 1, :])
-            ) / 2
-        return model.classifier(h[:, 0, :])  # type: ignore[no-any-return]
+    None (the plain forward runs) for anything but exactly the three supported classes with
+    their stock layers, in training mode, on the eager attention path, when an attention
+    mask would be passed, or when hooks or a replaced ``forward`` sit on a module the
+    shortcut bypasses or on anything in the last layer.
+    """
+    rows = _shortcut_rows(model)
+    if rows is None:
+        return None
+    backbone: Any = backbone_of(model)
+    layers = encoder_layers(backbone)
+    legacy = is_legacy_layout(layers)
+    expected = backbone.embeddings.patch_embeddings.projection.weight.dtype
+    if x.dtype != expected:  # as ViTModel / DeiTModel do
+        x = x.to(expected)
+    h = backbone.embeddings(x)
+    if not legacy and bidirectional_mask(backbone.config, h) is not None:
+        return None  # e.g. flex attention's BlockMask: keep it exact
+    for layer in layers[:-1]:
+        out = layer(h)
+        h = out[0] if isinstance(out, tuple) else out  # 4.x layers return tuples
+    last = layers[-1]
+    h = legacy_prefix_rows(last, h, rows) if legacy else prefix_rows(last, h, rows)
+    h = backbone.layernorm(h)  # the pooler (if any) never reaches the logits
+    if rows == 2:
+        return (model.cls_classifier(h[:, 0, :]) + model.distillation_classifier(h[:, 1, :])) / 2
+    return model.classifier(h[:, 0, :])  # type: ignore[no-any-return]
 
-    def _shortcut_rows(self) -> int | None:
-        """Rows the classifier reads when :meth:`scoring_logits` may take its shortcut, else
-        None."""
-        model = self.model
-        cls = type(model)
-        head = HEADS.get(cls.__name__)
-        if head is None or not is_transformers_class(model, (cls.__name__,)):
-            return None  # a subclass may change the forward or the head
-        if self._output_attentions or model.training:
-            return None
-        attr, backbone_class, rows = head
-        backbone = getattr(model, attr, None)
-        if backbone is None or not is_transformers_class(backbone, (backbone_class,)):
-            return None
-        if not isinstance(getattr(backbone, "layernorm", None), nn.LayerNorm):
-            return None  # applied to the kept rows only: it must work row by row
-        layers = self._current_layers()
-        if not layers:
-            return None
-        last = layers[-1]
-        if self.legacy_layout:
-            bypassed = legacy_bypassed_modules(last)
-            if bypassed is None:
-                return None
-            bypassed.append(getattr(backbone, "encoder", model))
-        else:
-            bypassed = bypassed_modules(last)
-            if bypassed is None:
-                return None
-        if any(m.training for m in last.modules()):
-            return None
-        # the final layernorm sees only the kept rows; a pooler (None in these classes) is skipped
-        seen_differently = [getattr(backbone, n, None) for n in ("layernorm", "pooler")]
-        others = [m for m in seen_differently if isinstance(m, nn.Module)]
-        if has_hooks([model, backbone, *bypassed, *others, *last.modules()]):
-            return None
-        return rows
 
-    @contextmanager
-    def eager_attention(self) -> Iterator[None]:
-        with model_lock(self.model):
-            configs = {id(self.config): self.config}
-            for module in self.model.modules():
-                cfg = getattr(module, "config", None)
-                if cfg is not None and hasattr(cfg, "_attn_implementation"):
-                    configs[id(cfg)] = cfg
-            outer = self._output_attentions  # nested: the outer switch stays on
-            with attribute_switched(self.model, configs.values(), "_attn_implementation", "eager"):
-                self._output_attentions = True
-                try:
-                    yield
-                finally:
-                    self._output_attentions = outer
+def _shortcut_rows(model: Any) -> int | None:
+    """Rows the classifier reads when the shortcut may be taken, else None."""
+    cls = type(model)
+    head = HEADS.get(cls.__name__)
+    if head is None or not is_transformers_class(model, (cls.__name__,)):
+        return None  # a subclass may change the forward or the head
+    if model in _EAGER or model.training:
+        return None
+    attr, backbone_class, rows = head
+    backbone = getattr(model, attr, None)
+    if backbone is None or not is_transformers_class(backbone, (backbone_class,)):
+        return None
+    if not isinstance(getattr(backbone, "layernorm", None), nn.LayerNorm):
+        return None  # applied to the kept rows only: it must work row by row
+    layers = encoder_layers(backbone)
+    if not layers:
+        return None
+    last = layers[-1]
+    if is_legacy_layout(layers):
+        bypassed = legacy_bypassed_modules(last)
+        if bypassed is None:
+            return None
+        bypassed.append(getattr(backbone, "encoder", model))
+    else:
+        bypassed = bypassed_modules(last)
+        if bypassed is None:
+            return None
+    if any(m.training for m in last.modules()):
+        return None
+    # the final layernorm sees only the kept rows; a pooler (None in these classes) is skipped
+    seen_differently = [getattr(backbone, n, None) for n in ("layernorm", "pooler")]
+    others = [m for m in seen_differently if isinstance(m, nn.Module)]
+    if has_hooks([model, backbone, *bypassed, *others, *last.modules()]):
+        return None
+    return rows

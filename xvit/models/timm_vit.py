@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -11,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._base import AttentionSource, BlockSources, Geometry, ModelAdapter, QKVSource, inherits, pair
-from ._guard import attribute_switched
+from ._base import AttentionSource, QKVSource, inherits, pair
+from ._family import Family, FamilyAdapter, fused_attn_off, tensor_or_none
 from ._labels import timm_class_names
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
 
@@ -23,12 +21,130 @@ def is_timm_vit(model: object) -> bool:
     return inherits(model, "timm", ("VisionTransformer",))
 
 
-class TimmViTAdapter(ModelAdapter):
+def _blocks(model: Any) -> list[nn.Module]:
+    return list(getattr(model, "blocks", None) or [])
+
+
+def _check(model: Any) -> None:
+    for i, block in enumerate(_blocks(model)):
+        attn = getattr(block, "attn", None)
+        if not isinstance(getattr(attn, "qkv", None), nn.Linear) or not hasattr(attn, "attn_drop"):
+            raise UnsupportedModelError(
+                f"block {i} of this timm VisionTransformer ({type(block).__name__}) has no "
+                f"standard attention with a fused qkv projection; xvit supports timm's "
+                f"Block/Attention (vit_*, deit_*) models"
+            )
+
+
+def _qkv(block: Any) -> QKVSource:
+    return QKVSource(modules=(block.attn.qkv,), hidden_size=block.attn.qkv.out_features // 3)
+
+
+def _pooling(model: Any) -> str:
+    if getattr(model, "attn_pool", None) is not None:
+        return "attention-pool"
+    if type(model).__name__ == "VisionTransformerDistilled":
+        return "prefix"  # CLS and distillation heads
+    pool = getattr(model, "global_pool", "token")
+    return {"token": "token", "avg": "mean"}.get(pool, "other")
+
+
+def _logits(model: Any, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, (tuple, list)):  # distilled training mode returns both heads
+        out = (out[0] + out[1]) / 2
+    return out  # type: ignore[no-any-return]
+
+
+def timm_preprocessing(model: Any, size: tuple[int, int]) -> Preprocessing:
+    """A timm model's attached preprocessing, else the one its ``pretrained_cfg`` names."""
+    attached = attached_preprocessing(model)
+    if attached is not None:
+        return attached
+    cfg: Any = getattr(model, "pretrained_cfg", None) or {}
+    return Preprocessing(
+        size=size,
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+    )
+
+
+def timm_in_chans(model: Any) -> int:
+    pe = model.patch_embed
+    return int(pe.proj.in_channels) if hasattr(pe, "proj") else 3
+
+
+def _prefix_rows_logits(model: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """The forward with a shortcut in the last block: when the classifier reads only the
+    prefix tokens (``global_pool='token'``, distilled heads), the last block computes
+    attention and MLP for those rows alone; keys and values still come from every token.
+    Saves about (N - T) / N of one block; same logits up to float rounding. None when a
+    subclass, training mode or a non-standard last block makes it inexact."""
+    if not _prefix_only_head(model):
+        return None
+    h = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    blocks = list(model.blocks)
+    for block in blocks[:-1]:
+        h = block(h)
+    h = _prefix_rows_of_block(blocks[-1], h, int(model.num_prefix_tokens))
+    out = model.forward_head(model.norm(h))
+    if isinstance(out, (tuple, list)):
+        out = (out[0] + out[1]) / 2
+    return out  # type: ignore[no-any-return]
+
+
+def _prefix_only_head(m: Any) -> bool:
+    if type(m).__name__ not in ("VisionTransformer", "VisionTransformerDistilled"):
+        return False  # a subclass may change the forward
+    if m.training or int(m.num_prefix_tokens) < 1 or getattr(m, "attn_pool", None) is not None:
+        return False
+    if type(m).__name__ == "VisionTransformer" and m.global_pool != "token":
+        return False
+    block = m.blocks[-1]
+    return (
+        type(block).__name__ == "Block"
+        and type(block.attn).__name__ == "Attention"
+        and getattr(block.attn, "gate", None) is None
+        and not getattr(m, "grad_checkpointing", False)
+    )
+
+
+TIMM_VIT = Family(
+    name="timm",
+    description=(
+        "timm VisionTransformer (ViT, DeiT, DeiT-distilled, register tokens, any global_pool)"
+    ),
+    matches=is_timm_vit,
+    blocks=_blocks,
+    qkv=_qkv,
+    attention=lambda block: AttentionSource(module=block.attn.attn_drop, extract=tensor_or_none),
+    norm1=lambda block: block.norm1,
+    num_heads=lambda model: int(model.blocks[0].attn.num_heads),
+    prefix_tokens=lambda model: int(model.num_prefix_tokens),
+    patch_size=lambda model: pair(model.patch_embed.patch_size),
+    image_size=lambda model: pair(model.patch_embed.img_size),
+    dynamic_size=lambda model: bool(getattr(model, "dynamic_img_size", False)),
+    in_chans=timm_in_chans,
+    pooling=_pooling,
+    eager=lambda model: fused_attn_off(model, [b.attn for b in model.blocks]),
+    logits=_logits,
+    num_classes=lambda model: int(model.num_classes),
+    preprocessing=lambda model: timm_preprocessing(model, pair(model.patch_embed.img_size)),
+    class_names=timm_class_names,
+    prefix_rows_logits=_prefix_rows_logits,
+    check=_check,
+)
+
+
+class TimmViTAdapter(FamilyAdapter):
     """timm ``VisionTransformer`` and subclasses (``VisionTransformerDistilled``).
 
     Reads the geometry from ``num_prefix_tokens`` and ``patch_embed``; captures q/k/v from
     each block's fused ``attn.qkv`` projection and attention probabilities from
-    ``attn.attn_drop`` (with ``fused_attn`` switched off for the call).
+    ``attn.attn_drop`` (with ``fused_attn`` switched off for the call). The declaration is
+    :data:`TIMM_VIT`.
 
     Example:
         >>> import timm, xvit
@@ -39,136 +155,8 @@ class TimmViTAdapter(ModelAdapter):
         ('TimmViTAdapter', 2, (4, 4))
     """
 
-    framework = "timm"
-    description = (
-        "timm VisionTransformer (ViT, DeiT, DeiT-distilled, register tokens, any global_pool)"
-    )
+    family = TIMM_VIT
     priority = 100  # any subclass matches: adapters for narrower families go first
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        blocks = getattr(model, "blocks", None)
-        if blocks is None or len(blocks) == 0:
-            raise UnsupportedModelError("this timm VisionTransformer has no blocks to explain")
-        for i, block in enumerate(blocks):
-            attn = getattr(block, "attn", None)
-            if not isinstance(getattr(attn, "qkv", None), nn.Linear) or not hasattr(
-                attn, "attn_drop"
-            ):
-                raise UnsupportedModelError(
-                    f"block {i} of this timm VisionTransformer ({type(block).__name__}) has no "
-                    f"standard attention with a fused qkv projection; xvit supports timm's "
-                    f"Block/Attention (vit_*, deit_*) models"
-                )
-
-    @classmethod
-    def matches(cls, model: object) -> bool:
-        return is_timm_vit(model)
-
-    @property
-    def _attns(self) -> list[Any]:
-        return [block.attn for block in self.model.blocks]  # type: ignore[union-attr]
-
-    @property
-    def geometry(self) -> Geometry:
-        m: Any = self.model
-        attn = self._attns[0]
-        pe = m.patch_embed
-        in_chans = int(pe.proj.in_channels) if hasattr(pe, "proj") else 3
-        return Geometry(
-            num_blocks=len(m.blocks),
-            num_heads=int(attn.num_heads),
-            hidden_size=int(attn.qkv.out_features // 3),
-            num_prefix_tokens=int(m.num_prefix_tokens),
-            patch_size=pair(pe.patch_size),
-            image_size=pair(pe.img_size),
-            in_chans=in_chans,
-            dynamic_size=bool(getattr(m, "dynamic_img_size", False)),
-        )
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        attached = attached_preprocessing(self.model)
-        if attached is not None:
-            return attached
-        cfg: Any = getattr(self.model, "pretrained_cfg", None) or {}
-        size = self.geometry.image_size
-        return Preprocessing(
-            size=size,
-            mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-            std=tuple(cfg.get("std", IMAGENET_STD)),
-            interpolation=str(cfg.get("interpolation", "bicubic")),
-            crop_pct=float(cfg.get("crop_pct", 0.875)),
-        )
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.model.num_classes)  # type: ignore[arg-type]
-
-    def class_names(self) -> tuple[str, ...] | None:
-        """``pretrained_cfg`` label names, else timm's ImageNet names for an ImageNet head."""
-        return timm_class_names(self.model, self.num_classes)
-
-    def blocks(self) -> list[BlockSources]:
-        out = []
-        for block in self.model.blocks:  # type: ignore[union-attr]
-            attn = block.attn
-            out.append(
-                BlockSources(
-                    qkv=QKVSource(modules=(attn.qkv,), hidden_size=attn.qkv.out_features // 3),
-                    attention=AttentionSource(module=attn.attn_drop, extract=_tensor_or_none),
-                    norm1=block.norm1,
-                )
-            )
-        return out
-
-    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        if isinstance(out, (tuple, list)):  # distilled training mode returns both heads
-            out = (out[0] + out[1]) / 2
-        return out
-
-    def scoring_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The forward with a shortcut in the last block: when the classifier reads only the
-        prefix tokens (``global_pool='token'``, distilled heads), the last block computes
-        attention and MLP for those rows alone; keys and values still come from every token.
-        Saves about (N - T) / N of one block; same logits up to float rounding."""
-        if not self._prefix_only_head():
-            return self.forward_logits(x)
-        m: Any = self.model
-        h = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
-        blocks = list(m.blocks)
-        for block in blocks[:-1]:
-            h = block(h)
-        h = _prefix_rows_of_block(blocks[-1], h, int(m.num_prefix_tokens))
-        return self.forward_logits_from_features(m.norm(h))
-
-    def forward_logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        out = self.model.forward_head(features)  # type: ignore[operator]
-        if isinstance(out, (tuple, list)):
-            out = (out[0] + out[1]) / 2
-        return out
-
-    def _prefix_only_head(self) -> bool:
-        m: Any = self.model
-        if type(m).__name__ not in ("VisionTransformer", "VisionTransformerDistilled"):
-            return False  # a subclass may change the forward
-        if m.training or int(m.num_prefix_tokens) < 1 or getattr(m, "attn_pool", None) is not None:
-            return False
-        if type(m).__name__ == "VisionTransformer" and m.global_pool != "token":
-            return False
-        block = m.blocks[-1]
-        return (
-            type(block).__name__ == "Block"
-            and type(block.attn).__name__ == "Attention"
-            and getattr(block.attn, "gate", None) is None
-            and not getattr(m, "grad_checkpointing", False)
-        )
-
-    @contextmanager
-    def eager_attention(self) -> Iterator[None]:
-        with attribute_switched(self.model, self._attns, "fused_attn", False):
-            yield
 
 
 def _prefix_rows_of_block(block: Any, x: torch.Tensor, keep: int) -> torch.Tensor:
@@ -184,7 +172,3 @@ def _prefix_rows_of_block(block: Any, x: torch.Tensor, keep: int) -> torch.Tenso
     out = attn.proj_drop(attn.proj(attn.norm(out)))
     h = x[:, :keep] + block.drop_path1(block.ls1(out))
     return h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
-
-
-def _tensor_or_none(output: Any) -> torch.Tensor | None:
-    return output if isinstance(output, torch.Tensor) else None

@@ -1,0 +1,168 @@
+"""Tiny models of the families beyond timm/HF ViT and DeiT (issue 14), with the oracles the
+tests compare against: each family's own eager attention probabilities, taken through a
+route xvit does not use, and its q/k/v for the GradMask reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+NUM_CLASSES = 5
+
+
+def _randomise_zero_inits(model: nn.Module) -> nn.Module:
+    """Families zero-initialise heads, biases and relative tables: give them values."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
+
+
+def torchvision_vit() -> nn.Module:
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=3,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=NUM_CLASSES,
+    )
+    return _randomise_zero_inits(model).eval()  # its head starts at zero
+
+
+def hf_dinov2(registers: int = 0) -> nn.Module:
+    from transformers import (
+        Dinov2Config,
+        Dinov2ForImageClassification,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersForImageClassification,
+    )
+
+    kw = dict(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=NUM_CLASSES,
+    )
+    torch.manual_seed(0)
+    if registers:
+        config = Dinov2WithRegistersConfig(**kw, num_register_tokens=registers)
+        return Dinov2WithRegistersForImageClassification(config).eval()
+    return Dinov2ForImageClassification(Dinov2Config(**kw)).eval()
+
+
+#: name -> factory of a tiny model of a new family
+FAMILY_FACTORIES: dict[str, Callable[[], nn.Module]] = {
+    "torchvision-vit": torchvision_vit,
+    "hf-dinov2": hf_dinov2,
+    "hf-dinov2-registers": lambda: hf_dinov2(registers=4),
+}
+
+
+# --- oracles: the model's own attention probabilities --------------------------------------
+def torchvision_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Per-head probabilities from torch's own MHA (``need_weights=True``), per block."""
+    found: list[torch.Tensor] = []
+    handles = []
+
+    def pre(_m, args, kwargs):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    def post(_m, _args, out):
+        found.append(out[1])
+
+    for block in model.encoder.layers:
+        handles.append(block.self_attention.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.self_attention.register_forward_hook(post))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def hf_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """``output_attentions`` of the model's own forward on its eager path."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+    saved = {k: c._attn_implementation for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation = "eager"
+        with torch.no_grad():
+            return list(model(pixel_values=x, output_attentions=True).attentions)
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = saved[k]
+
+
+PROBABILITIES: dict[str, Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]] = {
+    "torchvision-vit": torchvision_probabilities,
+    "hf-dinov2": hf_probabilities,
+    "hf-dinov2-registers": hf_probabilities,
+}
+
+
+def _timm(name: str, **kw) -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    base = dict(
+        pretrained=False,
+        num_classes=NUM_CLASSES,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=3,
+        num_heads=2,
+    )
+    return _randomise_zero_inits(timm.create_model(name, **{**base, **kw})).eval()
+
+
+def timm_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """timm's own eager branch (``fused_attn`` off, set by this test): ``attn_drop`` input."""
+    found: list[torch.Tensor] = []
+    attns = [b.attn for b in model.blocks]
+    saved = [a.fused_attn for a in attns]
+    handles = [
+        a.attn_drop.register_forward_hook(lambda _m, i, _o: found.append(i[0])) for a in attns
+    ]
+    try:
+        for a in attns:
+            a.fused_attn = False
+        with torch.no_grad():
+            model(x)
+    finally:
+        for a, s in zip(attns, saved):
+            a.fused_attn = s
+        for h in handles:
+            h.remove()
+    return found
+
+
+FAMILY_FACTORIES.update(
+    {
+        "timm-eva02-fused": lambda: _timm(
+            "eva02_tiny_patch14_224", ref_feat_shape=(4, 4), qkv_fused=True
+        ),
+        "timm-eva02-separate": lambda: _timm(
+            "eva02_tiny_patch14_224", ref_feat_shape=(4, 4), qkv_fused=False, num_reg_tokens=2
+        ),
+        "timm-beit-avg": lambda: _timm("beitv2_base_patch16_224", global_pool="avg"),
+        "timm-beit-token": lambda: _timm("beitv2_base_patch16_224", global_pool="token"),
+    }
+)
+for _name in ("timm-eva02-fused", "timm-eva02-separate", "timm-beit-avg", "timm-beit-token"):
+    PROBABILITIES[_name] = timm_probabilities

@@ -1,0 +1,91 @@
+"""HuggingFace DINOv2 image classifiers, with and without register tokens, as a declared
+family.
+
+Their head reads the CLS row concatenated with the mean of the patch rows (registers
+excluded), so every row of the last layer reaches the logits: pooling ``"token+mean"``, no
+last-layer shortcut. The position embedding is interpolated on every forward, so any input
+whose sides are multiples of the patch size works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ._base import inherits, pair
+from ._family import Family, FamilyAdapter, hf_eager
+from ._labels import hf_class_names
+from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
+from .hf_vit import check_projections, encoder_layers, hf_attention, hf_logits, hf_qkv
+
+SUPPORTED = ("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification")
+
+
+def _backbone(model: Any) -> nn.Module:
+    for name in ("dinov2", "dinov2_with_registers"):
+        sub = getattr(model, name, None)
+        if isinstance(sub, nn.Module):
+            return sub
+    return model
+
+
+def _prefix(model: Any) -> int:
+    """CLS plus the register tokens ([CLS, registers, patches])."""
+    return 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+
+
+def _preprocessing(model: Any) -> Preprocessing:
+    attached = attached_preprocessing(model)
+    if attached is not None:
+        return attached
+    # BitImageProcessor as DINOv2 ships it: resize 256, centre-crop 224, bicubic
+    return Preprocessing(
+        pair(model.config.image_size), IMAGENET_MEAN, IMAGENET_STD, "bicubic", crop_pct=0.875
+    )
+
+
+HF_DINOV2 = Family(
+    name="hf-dinov2",
+    description=(
+        "HuggingFace Dinov2ForImageClassification, Dinov2WithRegistersForImageClassification"
+    ),
+    matches=lambda model: inherits(model, "transformers", SUPPORTED),
+    blocks=lambda model: encoder_layers(_backbone(model)),
+    qkv=hf_qkv,
+    attention=hf_attention,
+    norm1=lambda layer: layer.norm1,
+    num_heads=lambda model: int(model.config.num_attention_heads),
+    prefix_tokens=_prefix,
+    patch_size=lambda model: pair(model.config.patch_size),
+    image_size=lambda model: pair(model.config.image_size),
+    dynamic_size=lambda model: True,  # position embeddings are interpolated every forward
+    in_chans=lambda model: int(getattr(model.config, "num_channels", 3)),
+    pooling=lambda model: "token+mean",  # classifier(cat[CLS, mean(patches)])
+    eager=hf_eager,
+    logits=hf_logits,
+    num_classes=lambda model: int(model.config.num_labels),
+    preprocessing=_preprocessing,
+    class_names=lambda model, n: hf_class_names(model.config, n),
+    check=lambda model: check_projections(model, encoder_layers(_backbone(model))),
+)
+
+
+class HFDinov2Adapter(FamilyAdapter):
+    """HuggingFace DINOv2 classifiers; the declaration is :data:`HF_DINOV2`.
+
+    Example:
+        >>> import xvit
+        >>> from transformers import Dinov2WithRegistersConfig as Config
+        >>> from transformers import Dinov2WithRegistersForImageClassification as Classifier
+        >>> m = Classifier(Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        ...                       intermediate_size=64, image_size=32, patch_size=8,
+        ...                       num_labels=3, num_register_tokens=4))
+        >>> adapter = xvit.get_adapter(m)
+        >>> adapter.geometry.num_prefix_tokens, adapter.geometry.grid(), adapter.pooling
+        (5, (4, 4), 'token+mean')
+    """
+
+    family = HF_DINOV2
+    framework = "transformers"
+    priority = 100
