@@ -5,6 +5,9 @@ markers; everything outside them is written by hand and left alone. What is gene
 
 - ``README.md`` and ``docs/index.md``, key ``methods``: the table of built-in methods with their
   one-line summaries and papers;
+- ``docs/adapters.md``, key ``families``: the built-in adapters in lookup order with the models
+  they read, and which methods each can run (the adapter's ``capabilities`` cover the method's
+  ``capabilities_needed()``);
 - ``docs/methods/<name>.md``, key ``method``: the method's paper, what it computes and its
   parameters with their defaults, all read from the class (its docstring's description,
   ``Args:`` and ``References:`` sections, and ``__init__``'s defaults). A method without a
@@ -26,6 +29,7 @@ import sys
 from pathlib import Path
 
 import xvit
+from xvit.models._lookup import adapter_order
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("Args", "Attributes", "Example", "Examples", "References", "Returns", "Raises")
@@ -122,6 +126,31 @@ def methods_table(link_prefix: str) -> str:
     return "\n".join(lines)
 
 
+def builtin_adapters() -> list[tuple[str, type[xvit.ModelAdapter]]]:
+    """(registered name, class) of the adapters xvit ships, in the order lookup asks them."""
+    order = {cls: i for i, cls in enumerate(adapter_order())}
+    ranked = sorted(xvit.models.adapters.items(), key=lambda item: order[item[1]])
+    return [(name, cls) for name, cls in ranked if cls.__module__.startswith("xvit.")]
+
+
+def families_table() -> str:
+    """The adapters with their models, then family x method: ✓ where the adapter's
+    capabilities cover what the method needs, else the missing capabilities."""
+    lines = ["| adapter | models |", "|---|---|"]
+    for name, cls in builtin_adapters():
+        lines.append(f'| `{cls.__name__}` (`"{name}"`) | {_cell(cls.description)} |')
+    methods = builtin_methods()
+    lines += ["", "| adapter | " + " | ".join(f"`{m.name}`" for m in methods) + " |"]
+    lines.append("|---" * (len(methods) + 1) + "|")
+    for name, cls in builtin_adapters():
+        cells = []
+        for method in methods:
+            missing = [c for c in method.capabilities_needed() if c not in cls.capabilities]
+            cells.append("✓" if not missing else "needs " + ", ".join(missing))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def replace_block(text: str, key: str, content: str, where: Path) -> str:
     begin, end = f"<!-- begin generated: {key} -->", f"<!-- end generated: {key} -->"
     if text.count(begin) != 1 or text.count(end) != 1:
@@ -151,6 +180,8 @@ def planned(root: Path = ROOT) -> dict[Path, str]:
     tables = ((root / "README.md", "docs/methods/"), (root / "docs" / "index.md", "methods/"))
     for path, prefix in tables:
         out[path] = replace_block(path.read_text(), "methods", methods_table(prefix), path)
+    path = root / "docs" / "adapters.md"
+    out[path] = replace_block(path.read_text(), "families", families_table(), path)
     for cls in builtin_methods():
         path = root / "docs" / "methods" / f"{cls.name}.md"
         text = path.read_text() if path.exists() else new_page(cls)

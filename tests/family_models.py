@@ -166,3 +166,51 @@ FAMILY_FACTORIES.update(
 )
 for _name in ("timm-eva02-fused", "timm-eva02-separate", "timm-beit-avg", "timm-beit-token"):
     PROBABILITIES[_name] = timm_probabilities
+
+
+# --- xvit.zero_shot over HF CLIP and SigLIP (prompts as classes) ---------------------------
+def hf_image_text(kind: str) -> nn.Module:
+    """A tiny HF ``CLIPModel`` or ``SiglipModel`` (the user's model, not yet wrapped)."""
+    import math
+
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2)
+    text = dict(tiny, vocab_size=40, max_position_embeddings=16, pad_token_id=0, bos_token_id=1)
+    text["eos_token_id"] = 2
+    vision = dict(tiny, image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    if kind == "clip":
+        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+        return CLIPModel(config).eval()
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
+    with torch.no_grad():  # HF initialises both to 0
+        model.logit_scale.fill_(math.log(7.0))
+        model.logit_bias.fill_(-2.5)
+    return model
+
+
+def zero_shot_text_features(model: nn.Module, prompts: int = NUM_CLASSES) -> torch.Tensor:
+    """Text features of random prompts from the model's own text tower."""
+    ids = torch.randint(3, 40, (prompts, 7), generator=torch.Generator().manual_seed(0))
+    ids[:, -1] = 2  # an end token
+    with torch.no_grad():
+        out = model.get_text_features(input_ids=ids)
+    return out if isinstance(out, torch.Tensor) else out.pooler_output  # 4.x / 5.x
+
+
+def hf_zero_shot(kind: str) -> nn.Module:
+    import xvit
+
+    model = hf_image_text(kind)
+    return xvit.zero_shot(model, text_features=zero_shot_text_features(model))
+
+
+def zero_shot_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """``output_attentions`` of the wrapped vision tower's own forward, eager path."""
+    return hf_probabilities(model.vision_model, x)
+
+
+for _name, _kind in (("hf-clip-zero-shot", "clip"), ("hf-siglip-zero-shot", "siglip")):
+    FAMILY_FACTORIES[_name] = lambda kind=_kind: hf_zero_shot(kind)
+    PROBABILITIES[_name] = zero_shot_probabilities

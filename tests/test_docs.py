@@ -198,3 +198,14 @@ def test_every_registered_method_has_a_page(name: str) -> None:
         assert f"| `{default_name}` | `{default!r}` |" in text
     readme = (ROOT / "README.md").read_text()
     assert f"[`{name}`](docs/methods/{name}.md)" in readme
+
+
+def test_adapters_page_has_the_generated_family_by_method_table() -> None:
+    make_docs = _load_script("make_docs")
+    table = make_docs.families_table()
+    assert table in (ROOT / "docs" / "adapters.md").read_text()
+    for name, cls in xvit.models.adapters.items():
+        if cls.__module__.startswith("xvit."):
+            assert f"| `{name}` |" in table, name
+    for method in make_docs.builtin_methods():
+        assert f"`{method.name}`" in table.splitlines()[-len(make_docs.builtin_adapters()) - 2]

@@ -207,7 +207,14 @@ def _timm_qkv(model: nn.Module) -> list[tuple[nn.Module, ...]]:
     return [(a.qkv,) for a in attns]
 
 
+def _zero_shot_qkv(model: nn.Module) -> list[tuple[nn.Module, ...]]:
+    attns = [layer.self_attn for layer in model.vision_model.encoder.layers]
+    return [(a.q_proj, a.k_proj, a.v_proj) for a in attns]
+
+
 HYBRID = {
+    "hf-clip-zero-shot": _zero_shot_qkv,
+    "hf-siglip-zero-shot": _zero_shot_qkv,
     "hf-dinov2": _dinov2_qkv,
     "hf-dinov2-registers": _dinov2_qkv,
     "timm-eva02-fused": _timm_qkv,

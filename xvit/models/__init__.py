@@ -23,6 +23,7 @@ from ._zero_shot import ZeroShotClassifier, zero_shot
 from .convert import hf_to_timm, timm_to_hf
 from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
+from .hf_zero_shot import HFZeroShotAdapter
 from .timm_eva_beit import TimmBeitAdapter, TimmEvaAdapter
 from .timm_vit import TimmViTAdapter
 from .torchvision_vit import TorchvisionViTAdapter
@@ -36,6 +37,7 @@ __all__ = [
     "Geometry",
     "HFDinov2Adapter",
     "HFViTAdapter",
+    "HFZeroShotAdapter",
     "ModelAdapter",
     "Preprocessing",
     "QKVSource",

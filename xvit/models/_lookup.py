@@ -13,6 +13,7 @@ from .._registry import Registry
 from ._base import ModelAdapter
 from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
+from .hf_zero_shot import HFZeroShotAdapter
 from .timm_eva_beit import TimmBeitAdapter, TimmEvaAdapter
 from .timm_vit import TimmViTAdapter
 from .torchvision_vit import TorchvisionViTAdapter
@@ -22,6 +23,7 @@ from .torchvision_vit import TorchvisionViTAdapter
 adapters: Registry[type[ModelAdapter]] = Registry("model adapter", group="xvit.adapters")
 adapters.register("hf", HFViTAdapter)
 adapters.register("hf-dinov2", HFDinov2Adapter)
+adapters.register("hf-zero-shot", HFZeroShotAdapter)
 adapters.register("timm", TimmViTAdapter)
 adapters.register("timm-beit", TimmBeitAdapter)
 adapters.register("timm-eva", TimmEvaAdapter)
@@ -33,8 +35,8 @@ def adapter_order() -> list[type[ModelAdapter]]:
     declared ``priority`` (lower first), then by registered name.
 
     Example:
-        >>> [cls.__name__ for cls in adapter_order()][:3]
-        ['HFViTAdapter', 'HFDinov2Adapter', 'TimmViTAdapter']
+        >>> adapter_order()[0].__name__
+        'HFViTAdapter'
     """
     ranked = sorted(adapters.items(), key=lambda item: (getattr(item[1], "priority", 0), item[0]))
     return [cls for _, cls in ranked]
