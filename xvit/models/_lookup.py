@@ -11,6 +11,7 @@ from torch import nn
 from .._errors import UnsupportedModelError
 from .._registry import Registry
 from ._base import ModelAdapter
+from .hf_beit import HFBeitAdapter
 from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
 from .timm_eva_beit import TimmBeitAdapter, TimmEvaAdapter
@@ -21,6 +22,7 @@ from .torchvision_vit import TorchvisionViTAdapter
 #: :func:`get_adapter` asks them in :func:`adapter_order`.
 adapters: Registry[type[ModelAdapter]] = Registry("model adapter", group="xvit.adapters")
 adapters.register("hf", HFViTAdapter)
+adapters.register("hf-beit", HFBeitAdapter)
 adapters.register("hf-dinov2", HFDinov2Adapter)
 adapters.register("timm", TimmViTAdapter)
 adapters.register("timm-beit", TimmBeitAdapter)
@@ -34,7 +36,7 @@ def adapter_order() -> list[type[ModelAdapter]]:
 
     Example:
         >>> [cls.__name__ for cls in adapter_order()][:3]
-        ['HFViTAdapter', 'HFDinov2Adapter', 'TimmViTAdapter']
+        ['HFViTAdapter', 'HFBeitAdapter', 'HFDinov2Adapter']
     """
     ranked = sorted(adapters.items(), key=lambda item: (getattr(item[1], "priority", 0), item[0]))
     return [cls for _, cls in ranked]
