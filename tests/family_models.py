@@ -214,3 +214,52 @@ def zero_shot_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Ten
 for _name, _kind in (("hf-clip-zero-shot", "clip"), ("hf-siglip-zero-shot", "siglip")):
     FAMILY_FACTORIES[_name] = lambda kind=_kind: hf_zero_shot(kind)
     PROBABILITIES[_name] = zero_shot_probabilities
+
+
+# --- HF BEiT (5.x layout) and Data2VecVision (4.x layout, SDPA class chosen at build) -----
+def hf_beit(kind: str = "beit", **kw) -> nn.Module:
+    """A tiny HF BEiT or Data2VecVision classifier with position information: relative
+    bias tables (zero-initialised by HF) filled with noise."""
+    import transformers
+
+    name = {"beit": "Beit", "data2vec": "Data2VecVision"}[kind]
+    config = getattr(transformers, f"{name}Config")(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=NUM_CLASSES,
+        **kw,
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{name}ForImageClassification")(config)
+    return _randomise_zero_inits(model).eval()
+
+
+def eager_twin_probabilities(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """``output_attentions`` of a copy of the model built on the eager attention path (its
+    self-attention classes are chosen at build time) with the very same weights."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    config._attn_implementation = "eager"
+    twin = type(model)(config)
+    twin.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        return list(twin.eval()(pixel_values=x, output_attentions=True).attentions)
+
+
+HF_BEIT_FACTORIES: dict[str, Callable[[], nn.Module]] = {
+    "hf-beit-mean": lambda: hf_beit(use_relative_position_bias=True),
+    "hf-beit-token": lambda: hf_beit(
+        use_shared_relative_position_bias=True,
+        use_absolute_position_embeddings=True,
+        use_mean_pooling=False,
+    ),
+    "hf-data2vec": lambda: hf_beit("data2vec", use_relative_position_bias=True),
+}
+FAMILY_FACTORIES.update(HF_BEIT_FACTORIES)
+for _name in HF_BEIT_FACTORIES:
+    PROBABILITIES[_name] = eager_twin_probabilities

@@ -10,8 +10,10 @@ import xvit
 
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
-    """Modes, flags, requires_grad, .grad identities/values, hooks and attention settings."""
+    """Module classes, modes, flags, requires_grad, .grad identities/values, hooks and
+    attention settings."""
     state: dict[str, Any] = {"hooks": xvit.hook_counts(model)}
+    state["classes"] = {n: type(m) for n, m in model.named_modules()}  # no class swapped
     state["modes"] = {n: m.training for n, m in model.named_modules()}
     state["fused"] = {n: m.fused_attn for n, m in model.named_modules() if hasattr(m, "fused_attn")}
     cfg = getattr(model, "config", None)

@@ -1,11 +1,17 @@
 """Every registered method on every adapter, and every registered metric: shape,
 finiteness, device, batch equivalence, and the model left exactly as it was. Generated from
-the registries, so no method or metric escapes."""
+the registries, so no method or metric escapes. The families of issue 14
+(tests/family_models.py) are in it too: every family is left untouched, refuses bad targets
+clearly and serves two threads at once; the full method contract runs on them for a
+representative subset of methods (every method already runs on every family, untouched and
+on the grid, in test_families.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from family_models import FAMILY_FACTORIES
+from test_reliability import dirty, quick, run_together
 
 import xvit
 from conftest import MODEL_FACTORIES, model_input
@@ -14,12 +20,27 @@ from xvit.metrics import get_metric, list_metrics
 
 METHODS = xvit.list_methods()
 METRICS = list_metrics()
+FAMILIES = sorted(FAMILY_FACTORIES)
+#: The methods given the full contract on every family, one per way of reading a model:
+#: q/k/v gradients and masked scoring (gradmask), attention probabilities with gradients on
+#: the eager path (gae), the forward alone (rise). All methods on all families here would add
+#: about 2 minutes to the suite for code paths these three already take.
+FAMILY_METHODS = ["gae", "gradmask", "rise"]
 
 
 @pytest.mark.parametrize("model_name", sorted(MODEL_FACTORIES))
 @pytest.mark.parametrize("method", METHODS)
 def test_method_contract(method: str, model_name: str) -> None:
-    model = MODEL_FACTORIES[model_name]()
+    check_method_contract(method, MODEL_FACTORIES[model_name]())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", FAMILY_METHODS)
+def test_method_contract_on_families(method: str, family: str) -> None:
+    check_method_contract(method, FAMILY_FACTORIES[family]())
+
+
+def check_method_contract(method: str, model: torch.nn.Module) -> None:
     cls = xvit.get_method(method)
     params = dict(cls.quick_params)
     if cls.randomized:
@@ -67,3 +88,48 @@ def test_metric_contract(metric: str) -> None:
     if cls.needs_boxes:
         with pytest.raises(xvit.InvalidInputError, match="needs ground truth"):
             cls()(model, x, [1, 2], maps)
+
+
+# --- every family: untouched, bad targets refused, two threads -----------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_untouched_and_bad_targets_refused(family: str) -> None:
+    model = FAMILY_FACTORIES[family]()
+    dirty(model)  # train mode, a frozen parameter, a .grad
+    x = model_input(model)
+    before = snapshot(model)  # hooks, classes, modes, flags, grads, attention implementation
+    xvit.explain("gradmask", model, x, batch_size=7)
+    assert snapshot(model) == before
+    n = xvit.get_adapter(model).num_classes
+    bad = [
+        (n, "out of range"),
+        (-1, "out of range"),
+        ([0, 1, 2], "3 targets for 2 images"),
+        (1.5, "int class index"),
+    ]
+    # targets are resolved once for every method (Explainer.attribute): each kind of bad
+    # target on one method, the family's class count on every method
+    for target, message in bad:
+        with pytest.raises(xvit.InvalidInputError, match=message):
+            xvit.explain("gradmask", model, x, target=target)
+    for method in METHODS:
+        with pytest.raises(xvit.InvalidInputError, match="out of range"):
+            xvit.explain(method, model, x, target=n, **quick(method))
+    assert snapshot(model) == before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_serves_two_threads(family: str) -> None:
+    """Captures of q/k/v, of probabilities on the eager path (switched for the call) and
+    plain forwards on one model at once give the results of the calls made alone."""
+    model = FAMILY_FACTORIES[family]()
+    xa, xb = model_input(model, batch=1, seed=1), model_input(model, batch=3, seed=2)
+    jobs = [
+        lambda: xvit.explain("gradmask", model, xa, target=[0]).map,
+        lambda: xvit.explain("gae", model, xb, target=[4, 2, 1]).map,
+        lambda: xvit.explain("attention", model, xa).map,
+    ]
+    alone = [job() for job in jobs]
+    before = snapshot(model)
+    for got, want in zip(run_together(jobs), alone):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert snapshot(model) == before

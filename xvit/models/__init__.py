@@ -21,6 +21,7 @@ from ._lookup import adapters, get_adapter, supported_models
 from ._preprocessing import Preprocessing, attach_preprocessing
 from ._zero_shot import ZeroShotClassifier, zero_shot
 from .convert import hf_to_timm, timm_to_hf
+from .hf_beit import HFBeitAdapter
 from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
 from .hf_zero_shot import HFZeroShotAdapter
@@ -35,6 +36,7 @@ __all__ = [
     "Family",
     "FamilyAdapter",
     "Geometry",
+    "HFBeitAdapter",
     "HFDinov2Adapter",
     "HFViTAdapter",
     "HFZeroShotAdapter",

@@ -11,6 +11,7 @@ from torch import nn
 from .._errors import UnsupportedModelError
 from .._registry import Registry
 from ._base import ModelAdapter
+from .hf_beit import HFBeitAdapter
 from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
 from .hf_zero_shot import HFZeroShotAdapter
@@ -22,6 +23,7 @@ from .torchvision_vit import TorchvisionViTAdapter
 #: :func:`get_adapter` asks them in :func:`adapter_order`.
 adapters: Registry[type[ModelAdapter]] = Registry("model adapter", group="xvit.adapters")
 adapters.register("hf", HFViTAdapter)
+adapters.register("hf-beit", HFBeitAdapter)
 adapters.register("hf-dinov2", HFDinov2Adapter)
 adapters.register("hf-zero-shot", HFZeroShotAdapter)
 adapters.register("timm", TimmViTAdapter)
