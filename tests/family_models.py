@@ -39,12 +39,7 @@ def torchvision_vit() -> nn.Module:
 
 
 def hf_dinov2(registers: int = 0) -> nn.Module:
-    from transformers import (
-        Dinov2Config,
-        Dinov2ForImageClassification,
-        Dinov2WithRegistersConfig,
-        Dinov2WithRegistersForImageClassification,
-    )
+    from transformers import Dinov2Config, Dinov2ForImageClassification
 
     kw = dict(
         hidden_size=32,
@@ -56,7 +51,12 @@ def hf_dinov2(registers: int = 0) -> nn.Module:
         num_labels=NUM_CLASSES,
     )
     torch.manual_seed(0)
-    if registers:
+    if registers:  # transformers 4.48 and later
+        from transformers import (
+            Dinov2WithRegistersConfig,
+            Dinov2WithRegistersForImageClassification,
+        )
+
         config = Dinov2WithRegistersConfig(**kw, num_register_tokens=registers)
         return Dinov2WithRegistersForImageClassification(config).eval()
     return Dinov2ForImageClassification(Dinov2Config(**kw)).eval()

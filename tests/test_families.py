@@ -193,8 +193,12 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _dinov2_qkv(model: nn.Module) -> list[tuple[nn.Module, ...]]:
+    """q/k/v projections: ``attention.q_proj`` (transformers 5.x) or
+    ``attention.attention.query`` (4.x, test_families_transformers4.py)."""
     backbone = getattr(model, "dinov2", None) or model.dinov2_with_registers
     attns = [layer.attention for layer in backbone.encoder.layer]
+    if not hasattr(attns[0], "q_proj"):
+        return [(a.attention.query, a.attention.key, a.attention.value) for a in attns]
     return [(a.q_proj, a.k_proj, a.v_proj) for a in attns]
 
 

@@ -11,8 +11,9 @@ a declaration only names modules, flags and tensors of it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -62,17 +63,39 @@ def fused_attn_off(model: nn.Module, modules: Sequence[object]) -> Iterator[None
         yield
 
 
+def legacy_transformers() -> bool:
+    """Whether the transformers that is imported is a 4.x release (read from the module the
+    models came from; transformers is not imported here)."""
+    version = str(getattr(sys.modules.get("transformers"), "__version__", ""))
+    major = version.split(".")[0]
+    return major.isdigit() and int(major) < 5
+
+
 @contextmanager
 def hf_eager(model: nn.Module) -> Iterator[None]:
     """transformers: every config reachable from the model's modules on the eager attention
-    implementation for the block, each one's own setting restored on exit."""
+    implementation for the block, each one's own setting restored on exit.
+
+    transformers 4.x chose each attention class when the model was built, and its SDPA
+    classes fall back to the eager code (which returns the probabilities) only when the
+    forward asks for attentions: there, each config's ``output_attentions`` is also on for
+    the block, so the model's own forward asks. (In 5.x that would install the model's
+    output-recording hooks, and the eager path returns the probabilities anyway.)
+    """
     with model_lock(model):
         configs: dict[int, Any] = {}
         for module in model.modules():
             cfg = getattr(module, "config", None)
             if cfg is not None and hasattr(cfg, "_attn_implementation"):
                 configs[id(cfg)] = cfg
-        with attribute_switched(model, configs.values(), "_attn_implementation", "eager"):
+        with ExitStack() as stack:
+            stack.enter_context(
+                attribute_switched(model, configs.values(), "_attn_implementation", "eager")
+            )
+            if legacy_transformers():  # after the switch: a config may check the pair
+                stack.enter_context(
+                    attribute_switched(model, configs.values(), "output_attentions", True)
+                )
             yield
 
 

@@ -117,7 +117,8 @@ FAMILIES: tuple[_Family, ...] = (
         text=_hf_text(padding=True),
         dim=_hf_clip_dim,
         encode_text="model.get_text_features(...)",
-        vision_only=("CLIPVisionModel", "CLIPVisionModelWithProjection"),
+        # CLIPVisionTransformer: the model's own vision_model in transformers 4.x
+        vision_only=("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPVisionTransformer"),
     ),
     _Family(
         name="transformers SiglipModel",
@@ -128,7 +129,7 @@ FAMILIES: tuple[_Family, ...] = (
         text=_hf_text(padding="max_length"),
         dim=_hf_siglip_dim,
         encode_text="model.get_text_features(...)",
-        vision_only=("SiglipVisionModel",),
+        vision_only=("SiglipVisionModel", "SiglipVisionTransformer"),  # the latter: 4.x
     ),
     _Family(
         name="open_clip CLIP",

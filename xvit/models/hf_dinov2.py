@@ -4,7 +4,9 @@ family.
 Their head reads the CLS row concatenated with the mean of the patch rows (registers
 excluded), so every row of the last layer reaches the logits: pooling ``"token+mean"``, no
 last-layer shortcut. The position embedding is interpolated on every forward, so any input
-whose sides are multiples of the patch size works.
+whose sides are multiples of the patch size works. Both module layouts are read:
+transformers 5.x (``attention.q_proj``) and 4.x (``encoder.layer[i].attention.attention
+.query``; DINOv2 with registers exists from 4.48).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ wraps (``vision_model``, shared with the user's model). CLIP has a CLS token and
 has no prefix token; a learned probe attends over every token of the last layer
 (``SiglipMultiheadAttentionPoolingHead``): pooling ``"attention-pool"``, so every row of the
 last layer reaches the logits. Attention probabilities exist on the eager attention path,
-entered through the vision config's ``_attn_implementation`` for the call.
+entered through the vision config's ``_attn_implementation`` for the call (transformers
+4.x: also its ``output_attentions``, see :func:`~xvit.models._family.hf_eager`).
 
 open_clip zero-shot classifiers are recognised and refused: their towers are built on
 ``nn.MultiheadAttention`` (3.x releases) or open_clip's own fused attention (4.x), which
