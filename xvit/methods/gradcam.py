@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._constraints import Spec
+from .._targets import Target
 from ..models._base import ModelAdapter
 from ._base import Explainer
 from ._gradients import target_gradient_pass
@@ -50,15 +51,14 @@ class GradCAM(Explainer):
     summary = "gradient-weighted patch features of a block's input (last block by default)"
     paper = "Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks, ICCV 2017"
     family = "cam"
+    score_targets = True
     needs_gradients = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {"layer": LAYER}
 
     def __init__(self, *, layer: Any = None) -> None:
         self.layer = layer
 
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         module = resolve_layer(adapter, self.layer, self.name)
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         layers = {"target": module}
