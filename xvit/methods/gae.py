@@ -35,6 +35,9 @@ class GAE(Explainer):
     (global average pooling) uses the mean of all rows of R instead of a CLS row. Rows of R
     are not renormalised (the authors' ViT code does not either).
 
+    With a score function as the target (see :func:`xvit.explain`), its score is
+    backpropagated instead of the target logit.
+
     References:
         H. Chefer, S. Gur, L. Wolf, "Generic Attention-model Explainability for Interpreting
         Bi-Modal and Encoder-Decoder Transformers", ICCV 2021.

@@ -30,6 +30,9 @@ class GradCAM(Explainer):
     sends no gradient to its patch outputs, so the block output itself would give an empty
     map, while the patch tokens entering the last attention still reach the CLS token.
 
+    With a score function as the target (see :func:`xvit.explain`), its score is
+    backpropagated instead of the target logit.
+
     Args:
         layer: None (default: the last block's first LayerNorm), a block index (that block's
             first LayerNorm; negative counts from the end), or any module of the model whose

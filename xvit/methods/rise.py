@@ -62,6 +62,9 @@ class RISE(TakesForwardOptions, Explainer):
     full-size masks are made and scored one chunk of ``batch_size`` at a time. The masks are
     drawn from one generator seeded with the seed (see :mod:`xvit._seeds`).
 
+    With a score function as the target (see :func:`xvit.explain`), each masked copy is
+    weighted by its score instead of ``P(target | x * m_i)``.
+
     Args:
         num_masks: N, the number of random masks.
         grid_size: s, cells per side of each random grid.

@@ -94,6 +94,9 @@ class ViTCX(TakesForwardOptions, Explainer):
     code turns into NaN) become all-zero masks. Clustering runs per image on the CPU (scipy);
     all images' masks are then scored together by the shared kernel.
 
+    With a score function as the target (see :func:`xvit.explain`), P above is that score of
+    each (masked, noisy or clean) copy instead of the target probability.
+
     Args:
         layer: None (default: the last block's first LayerNorm), a block index (that block's
             first LayerNorm), or a module of the model whose output is the token sequence.
