@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ._errors import InvalidInputError
+from ._targets import SCORE_TARGET
 from .models._base import ModelAdapter
 from .models._labels import class_index
 
@@ -142,7 +143,8 @@ def resolve_targets(
 ) -> torch.Tensor:
     """(B,) long targets: None -> predicted class; an int or class name for all; or one per
     image (ints and names may be mixed). Names are looked up in ``class_names``
-    (see :func:`~xvit.models._labels.class_index`)."""
+    (see :func:`~xvit.models._labels.class_index`). A score-function target is not a class:
+    :func:`xvit.explain` takes it before this is called, and here it is refused."""
     b = logits.shape[0]
     if target is None:
         return logits.argmax(dim=-1)
@@ -169,9 +171,15 @@ def resolve_targets(
                 f"{v!r} ({type(v).__name__})"
             )
         if not 0 <= int(v) < num_classes:
+            hint = (
+                " (-1 is what Explanation.targets holds for a score-function target: "
+                "pass a class, or the score function where it is accepted)"
+                if int(v) == SCORE_TARGET
+                else ""
+            )
             raise InvalidInputError(
                 f"target {v} is out of range: the model has {num_classes} classes "
-                f"(0 .. {num_classes - 1})"
+                f"(0 .. {num_classes - 1}){hint}"
             )
         indices.append(int(v))
     if len(indices) == 1:

@@ -10,6 +10,7 @@ import torch
 from ._errors import ParameterError
 from ._inputs import prepare_inputs, resolve_targets
 from ._progress import Progress, current_display, format_duration, metering
+from ._targets import SCORE_TARGET, TargetScore, is_score, masked_scores, target_rows
 from .explanation import Explanation
 from .methods._base import Cost, Explainer, named_model_errors
 from .methods._registration import get_method
@@ -72,7 +73,25 @@ def explain(
             or one per image (indices and names may be mixed). Names come from the model
             (HF ``config.id2label``; timm ``pretrained_cfg["label_names"]`` or its ImageNet
             head): exact matches first, then case-insensitive; a synonym of a label counts
-            (``"tabby cat"`` for ``"tabby, tabby cat"``).
+            (``"tabby cat"`` for ``"tabby, tabby cat"``); or a callable
+            ``score(logits) -> scores`` from the model's B' x C logits (float32) to one
+            score per image (B',), to explain something other than one class: a weighted sum
+            of logits, or, on a backbone whose output is an embedding, its cosine similarity
+            to a reference embedding. Gradient methods (GradMask's q/k/v gradients, Grad-CAM,
+            GAE) differentiate this score instead of the target logit, so it must be
+            differentiable in the logits. Masked-scoring methods (GradMask, RISE, ViT-CX)
+            weight each masked copy of an image by this score of the copy's logits instead
+            of the target-class softmax probability (ViT-CX's causal score is formed from
+            these scores the same way); the score is used as returned, not passed through a
+            softmax or clipped, so a score that can be negative can give negative map
+            values. The masked copies of different images are scored together in batches,
+            so the callable sees B' rows that may belong to several images and must score
+            each row from that row alone (no batch statistics, no per-image references).
+            Attention-only methods (attention, rollout) and random ignore any target. The
+            result has ``targets`` -1, ``class_names`` the callable's ``__name__`` (or
+            "custom score" for a lambda) and ``probabilities`` its score of each clean
+            image. A callable returning NaN or inf, a non-tensor, or not one score per row
+            raises :class:`~xvit.InvalidInputError`.
         progress: Progress on stderr, image by image (fractions of an image for the methods
             that score masks): a bar on a terminal, plain lines every tenth of the work
             otherwise. None (default) shows it only for a call estimated to take more than
@@ -105,6 +124,11 @@ def explain(
         >>> e = xvit.explain("gradmask", m, torch.randn(1, 3, 48, 48), target=2)
         >>> e.map.shape, e.targets.tolist()
         (torch.Size([1, 3, 3]), [2])
+        >>> def margin(logits):  # class 2 against class 0, one score per row
+        ...     return logits[:, 2] - logits[:, 0]
+        >>> e = xvit.explain("gradmask", m, torch.randn(1, 3, 48, 48), target=margin)
+        >>> e.targets.tolist(), e.class_names
+        ([-1], ['margin'])
     """
     if progress not in (None, True, False):
         raise ParameterError(
@@ -119,8 +143,18 @@ def explain(
         with named_model_errors(explainer):  # the clean forward, and the estimate of a long call
             logits, per_forward = timed_logits(adapter, x)
             names = adapter.class_names()
-            targets = resolve_targets(target, logits, adapter.num_classes, names)
-            probs = logits.float().softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+            if is_score(target):
+                score = TargetScore(target)
+                goal: torch.Tensor | TargetScore = score
+                targets = torch.full((len(x),), SCORE_TARGET, dtype=torch.long)
+                targets = targets.to(logits.device)
+                class_names = [score.name] * len(x)
+            else:
+                goal = targets = resolve_targets(target, logits, adapter.num_classes, names)
+                class_names = [
+                    names[t] if names else adapter.class_name(t) for t in targets.tolist()
+                ]
+            probs = masked_scores(logits, goal)
             cost = explainer.cost(adapter.geometry, (int(x.shape[-2]), int(x.shape[-1])))
             display = current_display()
             own = display is None
@@ -129,11 +163,11 @@ def explain(
         try:
             with metering(display, cost.forwards) as meter:
                 parts = []
-                for part, part_targets in zip(
-                    x.split(IMAGES_PER_CALL), targets.split(IMAGES_PER_CALL)
-                ):
+                for start in range(0, len(x), IMAGES_PER_CALL):
+                    part = x[start : start + IMAGES_PER_CALL]
+                    part_target = target_rows(goal, start, start + IMAGES_PER_CALL)
                     with meter.part(len(part)):
-                        out = explainer.attribute(adapter, part.to(device), part_targets)
+                        out = explainer.attribute(adapter, part.to(device), part_target)
                     parts.append(out.to(out_device))
                 maps = torch.cat(parts)
         finally:
@@ -148,7 +182,7 @@ def explain(
         input_size=(int(x.shape[-2]), int(x.shape[-1])),
         inputs=x.detach().to(out_device),
         images=images,
-        class_names=[names[t] if names else adapter.class_name(t) for t in targets.tolist()],
+        class_names=class_names,
     )
 
 

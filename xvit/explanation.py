@@ -16,13 +16,16 @@ class Explanation:
     Attributes:
         map: B x h x w maps at the method's native resolution (the patch grid for GradMask).
         method: Registry name of the method.
-        targets: (B,) classes explained.
-        probabilities: (B,) the model's probability of each target on the unmasked input.
+        targets: (B,) classes explained; -1 for every image explained by a score function
+            (a callable ``target``, see :func:`xvit.explain`).
+        probabilities: (B,) the model's probability of each target on the unmasked input;
+            for a score function, its score of each unmasked input (not a probability).
         params: Parameter values the method ran with.
         input_size: (H, W) of the model input.
         inputs: The preprocessed B x C x H x W batch that was explained.
         images: The original images (PIL) when the inputs were files, images or arrays.
-        class_names: A readable name per target when the model carries labels.
+        class_names: A readable name per target when the model carries labels; for a score
+            function, its ``__name__`` (or "custom score" for a lambda) for every image.
 
     Example:
         >>> import torch

@@ -8,6 +8,7 @@ import torch
 
 from .._constraints import OneOf, check_param
 from .._errors import CaptureError
+from .._targets import Target
 from ..models._base import ModelAdapter
 from ..models._capture import Capture
 from ._gradients import target_gradient_pass
@@ -74,9 +75,10 @@ def capture_attentions(adapter: ModelAdapter, inputs: torch.Tensor) -> list[torc
 
 
 def attention_and_grads(
-    adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
+    adapter: ModelAdapter, inputs: torch.Tensor, target: Target
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Every block's attention probabilities and the gradient of the target logit w.r.t. them
+    """Every block's attention probabilities and the gradient of the target logit (or score)
+    w.r.t. them
     (see :func:`~xvit.methods._gradients.target_gradient_pass`).
 
     Both lists hold B x heads x N x N tensors, first block first, detached and in float32.

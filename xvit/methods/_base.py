@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
@@ -17,6 +17,7 @@ from .._configurable import Configurable
 from .._constraints import check_param
 from .._errors import InvalidInputError, ModelOutputError, UnsupportedModelError, XvitError
 from .._forward import FORWARD_CONSTRAINTS
+from .._targets import Target, TargetScore, is_score
 from ..models import get_adapter, model_lock, preserved_state
 from ..models._base import Geometry, ModelAdapter
 
@@ -96,6 +97,12 @@ class Explainer(Configurable, ABC):
             (:meth:`capabilities_needed`) and refuses a model that lacks one, naming it.
         randomized: Whether it draws random numbers (then it takes a ``seed``, see
             :mod:`xvit._seeds`).
+        score_targets: Whether :meth:`compute` also takes a score function as its target
+            (a :class:`~xvit._targets.TargetScore`), reading it only through
+            :func:`~xvit._targets.gradient_scores` and :func:`~xvit._targets.masked_scores`
+            (or the shared gradient pass and mask-scoring kernel, which do). Default False:
+            :meth:`attribute` then refuses a callable target, so a method written for class
+            indices never sees one. Every built-in method declares True.
         quick_params: Parameters for a cheap but valid run (used by smoke tests and demos).
 
     Example:
@@ -120,6 +127,7 @@ class Explainer(Configurable, ABC):
     needs_attention: ClassVar[bool] = False
     needs_qkv: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
+    score_targets: ClassVar[bool] = False
     quick_params: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -143,9 +151,13 @@ class Explainer(Configurable, ABC):
 
     @final
     def attribute(
-        self, adapter: ModelAdapter | nn.Module, inputs: torch.Tensor, target: torch.Tensor
+        self,
+        adapter: ModelAdapter | nn.Module,
+        inputs: torch.Tensor,
+        target: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
-        """Saliency maps (B x h x w) for preprocessed ``inputs`` and integer ``target``.
+        """Saliency maps (B x h x w) for preprocessed ``inputs`` and ``target``: integer
+        classes, or a score function of the model's output.
 
         The guarded call of every method, safe to call directly. It checks the inputs, the
         targets and the model's capabilities (``needs_attention``), then runs
@@ -159,7 +171,9 @@ class Explainer(Configurable, ABC):
         Args:
             adapter: The model's adapter, or the model itself.
             inputs: B x C x H x W preprocessed images on the model's device.
-            target: (B,) integer class indices.
+            target: (B,) integer class indices, or a callable ``score(logits) -> (B',)``
+                from B' x C float32 logits to one score per row (see :func:`xvit.explain`),
+                for the methods that declare ``score_targets``.
 
         Returns:
             B x h x w maps at the method's native resolution, on the input's device.
@@ -171,7 +185,9 @@ class Explainer(Configurable, ABC):
             preserved_state(adapter.model),
             named_model_errors(self),
         ):
-            maps = self.compute(adapter, inputs, target)
+            # a TargetScore reaches only the methods that declare score_targets (and widen
+            # compute's target to xvit._targets.Target)
+            maps = self.compute(adapter, inputs, target)  # type: ignore[arg-type]
         _check_maps(self, maps, inputs)
         return maps
 
@@ -181,6 +197,9 @@ class Explainer(Configurable, ABC):
     ) -> torch.Tensor:
         """The method's own step: saliency maps (B x h x w) for preprocessed ``inputs``
         (B x C x H x W) on the model's device and integer ``target`` (B,) on the same device.
+        A method that declares ``score_targets`` may also get a
+        :class:`~xvit._targets.TargetScore` and annotates ``target`` as
+        :data:`~xvit._targets.Target`.
 
         Called by :meth:`attribute` only, with the model in eval mode and locked; it must
         return its maps on the input's device.
@@ -231,10 +250,9 @@ def named_model_errors(explainer: Explainer) -> Iterator[None]:
         raise ModelOutputError(f"{_label(explainer)}: {exc}") from exc.__cause__
 
 
-def _checked_call(
-    explainer: Explainer, adapter: ModelAdapter, inputs: Any, target: Any
-) -> torch.Tensor:
-    """Check what :meth:`Explainer.attribute` was given; the target on the input's device."""
+def _checked_call(explainer: Explainer, adapter: ModelAdapter, inputs: Any, target: Any) -> Target:
+    """Check what :meth:`Explainer.attribute` was given; the target on the input's device
+    (a score function as a :class:`~xvit._targets.TargetScore`)."""
     who = _label(explainer)
     if not isinstance(inputs, torch.Tensor):
         raise InvalidInputError(
@@ -248,6 +266,14 @@ def _checked_call(
             f"move them with inputs.to({str(adapter.device)!r}) (xvit.explain moves them itself)"
         )
     b = int(inputs.shape[0])
+    if is_score(target):
+        if not type(explainer).score_targets:
+            raise InvalidInputError(
+                f"{who} takes class indices as its target, not a score function: it does not "
+                f"declare score_targets; pass integer classes (or None for the predicted class)"
+            )
+        _check_model(who, explainer, adapter)
+        return TargetScore(target)
     if (
         not isinstance(target, torch.Tensor)
         or target.is_floating_point()
@@ -261,7 +287,8 @@ def _checked_call(
         )
         raise InvalidInputError(
             f"{who}: target must be a ({b},) tensor of integer class indices, one per image, "
-            f"got {got}; xvit.explain also takes class names and None (the predicted class)"
+            f"or a score function of the logits, got {got}; xvit.explain also takes class "
+            f"names and None (the predicted class)"
         )
     n = adapter.num_classes
     if int(target.min()) < 0 or int(target.max()) >= n:
@@ -269,10 +296,15 @@ def _checked_call(
             f"{who}: target holds {int(target.min())} .. {int(target.max())}, out of range: "
             f"the model has {n} classes (0 .. {n - 1})"
         )
+    _check_model(who, explainer, adapter)
+    return target.to(device=inputs.device, dtype=torch.long)
+
+
+def _check_model(who: str, explainer: Explainer, adapter: ModelAdapter) -> None:
+    """Refuse a model that lacks a capability the method needs."""
     adapter.require(*type(explainer).capabilities_needed(), method=who)
     if type(explainer).needs_attention:
         _check_attention(who, adapter)
-    return target.to(device=inputs.device, dtype=torch.long)
 
 
 def _check_attention(who: str, adapter: ModelAdapter) -> None:

@@ -1,5 +1,6 @@
-"""The gradient pass the gradient-based methods share: one forward of the target logit with
-gradients, while a :class:`~xvit.models.Capture` records what the method reads."""
+"""The gradient pass the gradient-based methods share: one forward of the target logit (or
+the target score function) with gradients, while a :class:`~xvit.models.Capture` records
+what the method reads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .._errors import InvalidInputError
+from .._targets import Target, TargetScore, gradient_scores
 from ..models._base import ModelAdapter
 from ..models._capture import Capture
 
@@ -25,15 +28,23 @@ def target_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def target_gradient_pass(
-    adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor, **capture: Any
+    adapter: ModelAdapter, inputs: torch.Tensor, target: Target, **capture: Any
 ) -> Iterator[tuple[Capture, torch.Tensor, torch.Tensor]]:
     """Run one forward of ``inputs`` with gradients under ``Capture(adapter, **capture)``.
 
     Yields the capture, the logits and the score to differentiate: the sum over the batch of
-    each image's target logit (not its softmax), so each image's gradients are its own. The
+    each image's target logit (not its softmax), or of the target score function's scores
+    (:func:`~xvit._targets.gradient_scores`), so each image's gradients are its own. The
     block runs with gradients enabled and the hooks in place; they are removed on exit.
     """
     x = inputs.detach().requires_grad_(True)
     with torch.enable_grad(), Capture(adapter, **capture) as cap:
         logits = adapter.logits(x)
-        yield cap, logits, target_logits(logits, target).sum()
+        scores = gradient_scores(logits, target)
+        if isinstance(target, TargetScore) and not scores.requires_grad:
+            raise InvalidInputError(
+                f"target score {target.name} is not differentiable in the logits (its result "
+                f"does not require grad): gradient methods differentiate it, so build it from "
+                f"the logits with torch operations, without .detach(), .item() or numpy"
+            )
+        yield cap, logits, scores.sum()

@@ -1,7 +1,9 @@
 """The shared mask-scoring kernel: score many masked copies of each image in batches.
 
 GradMask, RISE and ViT-CX all forward masked (or perturbed) inputs and read the target-class
-probability. This module does that once: masks of all images are flattened into one list of
+probability, or, for a score-function target, that function's score of each masked copy
+(:func:`~xvit._targets.masked_scores`). This module does that once: masks of all images are
+flattened into one list of
 (image, mask) pairs and scored in chunks of ``batch_size`` forwards, without a Python loop
 per mask, in ``torch.inference_mode``, on the model's device. How those forwards run
 (inputs per forward, precision, compilation) is one :class:`~xvit._forward.ForwardOptions`.
@@ -33,6 +35,7 @@ from .._errors import InvalidInputError, ParameterError
 from .._forward import ForwardOptions
 from .._forward import resolve_batch_size as resolve_inputs_per_forward
 from .._progress import count_forwards
+from .._targets import Target, TargetScore, masked_scores
 from ..models._base import ModelAdapter, check_finite_logits
 
 Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -125,7 +128,7 @@ def scoring_forward(
 def score_binary_masks(
     adapter: ModelAdapter,
     inputs: torch.Tensor,
-    target: torch.Tensor,
+    target: Target,
     masks: torch.Tensor,
     *,
     base_probs: torch.Tensor | None = None,
@@ -141,9 +144,10 @@ def score_binary_masks(
     Args:
         adapter: The model.
         inputs: B x C x H x W preprocessed images.
-        target: (B,) target classes.
+        target: (B,) target classes, or a score function (see :func:`score_masks`).
         masks: B x K x h x w masks of zeros and ones.
-        base_probs: (B,) target probability of each unmasked image, if already known.
+        base_probs: (B,) target probability (or score) of each unmasked image, if already
+            known.
         **scoring: Passed to :func:`score_masks` (options, perturb, upsample, or the separate
             forward keywords); ``perturb`` must depend on the mask only, not on the pair index.
     """
@@ -191,7 +195,7 @@ def upsample_masks(
 def score_masks(
     adapter: ModelAdapter,
     inputs: torch.Tensor,
-    target: torch.Tensor,
+    target: Target,
     masks: torch.Tensor,
     *,
     options: ForwardOptions | None = None,
@@ -207,7 +211,10 @@ def score_masks(
     Args:
         adapter: The model.
         inputs: B x C x H x W preprocessed images.
-        target: (B,) target classes.
+        target: (B,) target classes, or a :class:`~xvit._targets.TargetScore`: then each
+            masked copy's score is that function of its float32 logits instead of a
+            probability. It is called on chunks of masked copies of different images (one
+            row each), so each row's score must depend on that row alone.
         masks: B x K x h x w (one set per image) or K x h x w (shared by all images, or, with
             ``owner``, one mask per entry of ``owner``); upsampled to H x W with ``upsample``
             mode when smaller.
@@ -228,7 +235,8 @@ def score_masks(
         compile: Instead of ``options``: its ``compile``.
 
     Returns:
-        B x K probabilities ``softmax(logits)[target]`` (float32); (K,) with ``owner``.
+        B x K probabilities ``softmax(logits)[target]`` (or scores, float32); (K,) with
+        ``owner``.
 
     Example:
         >>> import timm, torch, xvit
@@ -264,6 +272,12 @@ def score_masks(
     chunk = opts.inputs_per_forward(adapter.device, c * h * w * inputs.element_size())
     out = torch.empty(total, dtype=torch.float32, device=inputs.device)
     forward = scoring_forward(adapter, opts, pad_to=chunk if opts.compile else None)
+    if not isinstance(target, torch.Tensor):
+        target = TargetScore(target)
+    # for a score function: which rows had finite logits, so that a NaN score is blamed on
+    # the function or on the model correctly, with one check after the loop
+    scored = isinstance(target, TargetScore)
+    outputs_finite = torch.ones(total if scored else 0, dtype=torch.bool, device=inputs.device)
     with torch.inference_mode():
         for start in range(0, total, chunk):
             idx = torch.arange(start, min(start + chunk, total), device=inputs.device)
@@ -274,9 +288,16 @@ def score_masks(
                 m = masks[mask_i] if shared else masks[img, mask_i]
             m = upsample_masks(m.to(inputs.dtype), (h, w), upsample).unsqueeze(1)
             x = perturb(inputs[img], m, idx)
-            probs = forward(x).float().softmax(dim=-1)
-            out[start : start + len(idx)] = probs.gather(1, target[img].unsqueeze(1)).squeeze(1)
+            logits = forward(x).float()
+            rows = slice(start, start + len(idx))
+            if isinstance(target, TargetScore):
+                out[rows] = target(logits, check_finite=False)
+                outputs_finite[rows] = torch.isfinite(logits).all(dim=1)
+            else:
+                out[rows] = masked_scores(logits, target[img])
             count_forwards(len(idx))
+    if isinstance(target, TargetScore):
+        target.check_finite(out, outputs_finite)
     check_finite_logits(out, "masked copies of the images")
     return out if owner is not None else out.view(b, k)
 
@@ -305,7 +326,7 @@ def _check_owner(owner: torch.Tensor, masks: torch.Tensor, num_images: int) -> t
 def sum_weighted_masks(
     adapter: ModelAdapter,
     inputs: torch.Tensor,
-    target: torch.Tensor,
+    target: Target,
     chunks: Iterable[torch.Tensor],
     *,
     options: ForwardOptions | None = None,
@@ -324,7 +345,7 @@ def sum_weighted_masks(
     Args:
         adapter: The model.
         inputs: B x C x H x W preprocessed images.
-        target: (B,) target classes.
+        target: (B,) target classes, or a score function (see :func:`score_masks`).
         chunks: An iterable of K_c x h x w masks (e.g. a generator making them on demand).
         options: How the masked forwards run, as in :func:`score_masks`.
         perturb: How a mask is applied, as in :func:`score_masks`.
@@ -335,7 +356,7 @@ def sum_weighted_masks(
 
     Returns:
         The B x h x w float32 sum of every mask weighted by each image's target probability
-        on its masked copy, and the number of masks seen.
+        (or score) on its masked copy, and the number of masks seen.
 
     Example:
         >>> import timm, torch, xvit

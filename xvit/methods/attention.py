@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._targets import Target
 from ..models._base import ModelAdapter
 from ._attention import capture_attentions, fuse_heads, patch_map
 from ._base import Explainer
@@ -36,10 +37,9 @@ class RawAttention(Explainer):
     summary = "the last block's CLS attention over the patches, averaged over heads"
     paper = "Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020 (baseline)"
     family = "attention"
+    score_targets = True
     needs_attention = True
 
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         last = capture_attentions(adapter, inputs)[-1]
         return patch_map(fuse_heads(last, "mean"), adapter, inputs)

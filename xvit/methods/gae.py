@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._targets import Target
 from ..models._base import ModelAdapter
 from ._attention import attention_and_grads, patch_map
 from ._base import Explainer
@@ -34,6 +35,9 @@ class GAE(Explainer):
     (global average pooling) uses the mean of all rows of R instead of a CLS row. Rows of R
     are not renormalised (the authors' ViT code does not either).
 
+    With a score function as the target (see :func:`xvit.explain`), its score is
+    backpropagated instead of the target logit.
+
     References:
         H. Chefer, S. Gur, L. Wolf, "Generic Attention-model Explainability for Interpreting
         Bi-Modal and Encoder-Decoder Transformers", ICCV 2021.
@@ -50,10 +54,9 @@ class GAE(Explainer):
     summary = "attention weighted by its gradient (ReLU), accumulated through all blocks"
     paper = "Chefer, Gur & Wolf, Generic Attention-model Explainability, ICCV 2021"
     family = "attention+gradient"
+    score_targets = True
     needs_gradients = True
     needs_attention = True
 
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         return patch_map(relevance(*attention_and_grads(adapter, inputs, target)), adapter, inputs)

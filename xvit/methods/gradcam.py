@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._constraints import Spec
+from .._targets import Target
 from ..models._base import ModelAdapter
 from ._base import Explainer
 from ._gradients import target_gradient_pass
@@ -29,6 +30,9 @@ class GradCAM(Explainer):
     sends no gradient to its patch outputs, so the block output itself would give an empty
     map, while the patch tokens entering the last attention still reach the CLS token.
 
+    With a score function as the target (see :func:`xvit.explain`), its score is
+    backpropagated instead of the target logit.
+
     Args:
         layer: None (default: the last block's first LayerNorm), a block index (that block's
             first LayerNorm; negative counts from the end), or any module of the model whose
@@ -50,15 +54,14 @@ class GradCAM(Explainer):
     summary = "gradient-weighted patch features of a block's input (last block by default)"
     paper = "Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks, ICCV 2017"
     family = "cam"
+    score_targets = True
     needs_gradients = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {"layer": LAYER}
 
     def __init__(self, *, layer: Any = None) -> None:
         self.layer = layer
 
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         module = resolve_layer(adapter, self.layer, self.name)
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         layers = {"target": module}

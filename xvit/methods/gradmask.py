@@ -11,10 +11,11 @@ import torch
 from .._constraints import Integer, Literal, Real, Rule, Satisfies, Spec, check_param
 from .._errors import ParameterError
 from .._forward import TakesForwardOptions
+from .._targets import Target, masked_scores, target_rows
 from ..models._base import Geometry, ModelAdapter
 from ..models._capture import QKV
 from ._base import Cost, Explainer
-from ._gradients import target_gradient_pass, target_logits
+from ._gradients import target_gradient_pass
 from ._registration import register_method
 from ._scoring import fill_perturb, score_binary_masks
 
@@ -91,6 +92,10 @@ class GradMask(TakesForwardOptions, Explainer):
     Identical masks of an image are scored once and an all-ones mask reuses the unmasked
     forward; the map is unchanged by these savings.
 
+    With a score function as the target (see :func:`xvit.explain`), its score is
+    differentiated instead of the target logit, and each masked copy is weighted by its
+    score instead of the target probability.
+
     References:
         M. Marchetti, D. Traini, D. Ursino, L. Virgili, "Integrating Gradient and Mask-based
         Approaches for Vision Transformer Explainability", IJCNN 2025.
@@ -112,6 +117,7 @@ class GradMask(TakesForwardOptions, Explainer):
     family = "gradient+mask"
     needs_gradients = True
     needs_qkv = True
+    score_targets = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {
         "masks_per_layer": Integer(low=1),
         "blocks": BLOCKS,
@@ -142,16 +148,14 @@ class GradMask(TakesForwardOptions, Explainer):
         k = len(QKV) * len(blocks) * self.masks_per_layer
         return Cost(forwards=k, gradient_passes=1, at_most=True)
 
-    def masks(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def masks(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         """The binary patch masks, B x K x h x w (K = 3 x |blocks| x M), in the paper's order."""
         return self._masks_and_probs(adapter, inputs, target)[0]
 
     def _masks_and_probs(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
+        self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The masks, and the target probability of each unmasked image."""
+        """The masks, and the target probability (or score) of each unmasked image."""
         geo = adapter.geometry
         d, m = geo.hidden_size, self.masks_per_layer
         if d % m:
@@ -165,7 +169,7 @@ class GradMask(TakesForwardOptions, Explainer):
         prefix = geo.num_prefix_tokens
         with target_gradient_pass(adapter, inputs, target, qkv=True) as (cap, logits, score):
             grads = cap.qkv_grads(score)
-        base = target_logits(logits.detach().float().softmax(-1), target)
+        base = masked_scores(logits.detach(), target)
         rows = []
         for proj in QKV:
             for b in blocks:
@@ -177,9 +181,7 @@ class GradMask(TakesForwardOptions, Explainer):
         masks = (scores >= scores.mean(dim=-1, keepdim=True)).to(inputs.dtype)
         return masks.reshape(masks.shape[0], masks.shape[1], gh, gw), base
 
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         per_item = inputs[0].numel() * inputs.element_size()
         chunk = self.forward_options.inputs_per_forward(adapter.device, per_item)
         options = dataclasses.replace(self.forward_options, batch_size=chunk)
@@ -192,10 +194,10 @@ class GradMask(TakesForwardOptions, Explainer):
         maps = []
         for start in range(0, inputs.shape[0], scored_images):
             x = inputs[start : start + scored_images]
-            t = target[start : start + scored_images]
+            t = target_rows(target, start, start + scored_images)
             parts = [
-                self._masks_and_probs(adapter, xs, ts)
-                for xs, ts in zip(x.split(grad_images), t.split(grad_images))
+                self._masks_and_probs(adapter, xs, target_rows(t, i, i + grad_images))
+                for i, xs in zip(range(0, len(x), grad_images), x.split(grad_images))
             ]
             masks = torch.cat([p[0] for p in parts])
             base = torch.cat([p[1] for p in parts])

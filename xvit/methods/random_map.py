@@ -8,6 +8,7 @@ import torch
 
 from .._constraints import Spec
 from .._seeds import SEED, content_seed, generator, resolve_seed
+from .._targets import Target
 from ..models._base import Geometry, ModelAdapter
 from ._base import Cost, Explainer
 from ._registration import register_method
@@ -49,6 +50,7 @@ class RandomMap(Explainer):
     summary = "uniform random patch scores (the sanity floor of the benchmark)"
     paper = "Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018 (random baseline)"
     family = "baseline"
+    score_targets = True
     randomized = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {"seed": SEED}
 
@@ -59,9 +61,7 @@ class RandomMap(Explainer):
         """No pass through the model."""
         return Cost()
 
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         gh, gw = adapter.geometry.grid(int(inputs.shape[-2]), int(inputs.shape[-1]))
         seed = resolve_seed(self.seed)
         maps = []

@@ -10,6 +10,7 @@ import torch
 from .._constraints import Integer, Real, Spec
 from .._forward import TakesForwardOptions
 from .._seeds import SEED, generator, resolve_seed
+from .._targets import Target
 from ..models._base import Geometry, ModelAdapter
 from ._base import Cost, Explainer
 from ._registration import register_method
@@ -61,6 +62,9 @@ class RISE(TakesForwardOptions, Explainer):
     full-size masks are made and scored one chunk of ``batch_size`` at a time. The masks are
     drawn from one generator seeded with the seed (see :mod:`xvit._seeds`).
 
+    With a score function as the target (see :func:`xvit.explain`), each masked copy is
+    weighted by its score instead of ``P(target | x * m_i)``.
+
     Args:
         num_masks: N, the number of random masks.
         grid_size: s, cells per side of each random grid.
@@ -88,6 +92,7 @@ class RISE(TakesForwardOptions, Explainer):
     summary = "random binary grids, upsampled and shifted, weighted by the target probability"
     paper = "Petsiuk et al., RISE: Randomized Input Sampling for Explanation, BMVC 2018"
     family = "perturbation"
+    score_targets = True
     randomized = True
     quick_params: ClassVar[dict[str, Any]] = {"num_masks": 32}
     parameter_constraints: ClassVar[dict[str, Spec]] = {
@@ -179,9 +184,7 @@ class RISE(TakesForwardOptions, Explainer):
             yield self.masks_from(grids[start : start + chunk], shifts[start : start + chunk], size)
 
     # --- explanation ----------------------------------------------------------------------
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         grids, shifts = self.draw(size)
         grids, shifts = grids.to(inputs.device), shifts.to(inputs.device)

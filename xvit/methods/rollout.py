@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 
 from .._constraints import Real, Rule, Spec
+from .._targets import Target
 from ..models._base import ModelAdapter
 from ._attention import HEAD_FUSION, capture_attentions, fuse_heads, patch_map
 from ._base import Explainer
@@ -85,6 +86,7 @@ class AttentionRollout(Explainer):
     summary = "attention multiplied through all blocks with the residual identity added"
     paper = "Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020"
     family = "attention"
+    score_targets = True
     needs_attention = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {
         "head_fusion": HEAD_FUSION,
@@ -111,8 +113,6 @@ class AttentionRollout(Explainer):
         assert result is not None
         return result
 
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         prefix = adapter.geometry.num_prefix_tokens
         return patch_map(self.rollout(capture_attentions(adapter, inputs), prefix), adapter, inputs)

@@ -12,6 +12,7 @@ from .._constraints import Real, Spec
 from .._forward import TakesForwardOptions
 from .._progress import expect_forwards
 from .._seeds import SEED, generator, index_seed, resolve_seed
+from .._targets import Target
 from ..models._base import Geometry, ModelAdapter
 from ..models._capture import Capture
 from ._base import Cost, Explainer
@@ -93,6 +94,9 @@ class ViTCX(TakesForwardOptions, Explainer):
     code turns into NaN) become all-zero masks. Clustering runs per image on the CPU (scipy);
     all images' masks are then scored together by the shared kernel.
 
+    With a score function as the target (see :func:`xvit.explain`), P above is that score of
+    each (masked, noisy or clean) copy instead of the target probability.
+
     Args:
         layer: None (default: the last block's first LayerNorm), a block index (that block's
             first LayerNorm), or a module of the model whose output is the token sequence.
@@ -119,6 +123,7 @@ class ViTCX(TakesForwardOptions, Explainer):
     summary = "patch-embedding masks, clustered, scored causally with a noise correction"
     paper = "Xie et al., ViT-CX: Causal Explanation of Vision Transformers, IJCAI 2023"
     family = "perturbation"
+    score_targets = True
     randomized = True
     quick_params: ClassVar[dict[str, Any]] = {"distance_threshold": 0.3}
     parameter_constraints: ClassVar[dict[str, Spec]] = {
@@ -191,7 +196,7 @@ class ViTCX(TakesForwardOptions, Explainer):
         self,
         adapter: ModelAdapter,
         inputs: torch.Tensor,
-        target: torch.Tensor,
+        target: Target,
         clusters: list[torch.Tensor],
         seed: int | None = None,
     ) -> list[torch.Tensor]:
@@ -225,9 +230,7 @@ class ViTCX(TakesForwardOptions, Explainer):
         s = p_masked - p_noisy + p_clean[owner]
         return list(s.split([len(c) for c in clusters]))
 
-    def compute(
-        self, adapter: ModelAdapter, inputs: torch.Tensor, target: torch.Tensor
-    ) -> torch.Tensor:
+    def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         clusters = self.cluster_masks(adapter, inputs)
         # now the number of masked forwards is known: two per cluster mask, one per image
         expect_forwards(2 * sum(len(c) for c in clusters) + len(inputs))
