@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from importlib import metadata
 
@@ -74,18 +75,41 @@ def _hf(kind: str) -> nn.Module:
     return DeiTForImageClassificationWithTeacher(DeiTConfig(**kw)).eval()
 
 
+def _copies(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """A factory that runs ``build`` once and returns a fresh deep copy of its model on every
+    call, leaving torch's global generator where ``build`` leaves it, as a new build would.
+
+    Building a timm model costs about seven times a copy, and the suite builds hundreds. Each
+    test still gets a model of its own to change as it likes.
+    """
+    built: list[tuple[nn.Module, torch.Tensor]] = []
+
+    def factory() -> nn.Module:
+        if not built:
+            model = build()
+            built.append((model, torch.get_rng_state()))
+        model, rng = built[0]
+        torch.set_rng_state(rng)
+        return copy.deepcopy(model)
+
+    return factory
+
+
 #: name -> factory of a tiny model; every adapter and token layout is represented.
 MODEL_FACTORIES: dict[str, Callable[[], nn.Module]] = {
-    "timm-vit": lambda: _timm("vit_tiny_patch16_224"),
-    "timm-vit-rect": lambda: _timm("vit_tiny_patch16_224", img_size=(24, 40)),
-    "timm-deit-distilled": lambda: _timm("deit_tiny_distilled_patch16_224"),
-    "timm-vit-registers": lambda: _timm("vit_tiny_patch16_224", reg_tokens=3),
-    "timm-vit-avgpool": lambda: _timm(
-        "vit_tiny_patch16_224", global_pool="avg", class_token=False, fc_norm=True
-    ),
-    "hf-vit": lambda: _hf("vit"),
-    "hf-deit": lambda: _hf("deit"),
-    "hf-deit-teacher": lambda: _hf("teacher"),
+    name: _copies(build)
+    for name, build in {
+        "timm-vit": lambda: _timm("vit_tiny_patch16_224"),
+        "timm-vit-rect": lambda: _timm("vit_tiny_patch16_224", img_size=(24, 40)),
+        "timm-deit-distilled": lambda: _timm("deit_tiny_distilled_patch16_224"),
+        "timm-vit-registers": lambda: _timm("vit_tiny_patch16_224", reg_tokens=3),
+        "timm-vit-avgpool": lambda: _timm(
+            "vit_tiny_patch16_224", global_pool="avg", class_token=False, fc_norm=True
+        ),
+        "hf-vit": lambda: _hf("vit"),
+        "hf-deit": lambda: _hf("deit"),
+        "hf-deit-teacher": lambda: _hf("teacher"),
+    }.items()
 }
 
 
