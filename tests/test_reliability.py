@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 import xvit
 from conftest import MODEL_FACTORIES, model_input
 from model_state import snapshot
+from xvit.cli import main
 
 METHODS = xvit.list_methods()
 MODELS = sorted(MODEL_FACTORIES)
@@ -492,11 +494,8 @@ def test_corrupt_safetensors_gives_model_load_error(corruption: str, tmp_path: P
 
 
 # --- 7: xvit bench killed part-way, in a real process -------------------------------------
-def _bench_cmd(ckpt: Path, out: Path) -> list[str]:
+def _bench_args(ckpt: Path, out: Path) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "xvit",
         "bench",
         "--model",
         str(ckpt),
@@ -513,6 +512,16 @@ def _bench_cmd(ckpt: Path, out: Path) -> list[str]:
         "--out",
         str(out),
     ]
+
+
+def _bench_cmd(ckpt: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "xvit", *_bench_args(ckpt, out)]
+
+
+def _bench_env() -> dict[str, str]:
+    """This environment, with torch on as many threads as in this process: the processes then
+    do the arithmetic of the run made in this process."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -544,7 +553,7 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run_until(cmd: list[str], results: Path, lines: int, sig: int) -> int:
     """Start ``cmd``, send ``sig`` once ``results`` holds ``lines`` records; the exit code."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**_bench_env(), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -566,10 +575,11 @@ def _run_until(cmd: list[str], results: Path, lines: int, sig: int) -> int:
 
 @pytest.fixture(scope="module")
 def uninterrupted(digits_checkpoint: Path) -> Path:
-    """The results folder of a bench run that was left alone."""
+    """The results folder of a bench run that was left alone: the same command, in this
+    process (a process of its own would spend most of its time importing)."""
     full = digits_checkpoint.parent / "uninterrupted"
-    done = subprocess.run(_bench_cmd(digits_checkpoint, full), capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stderr.decode()
+    done = CliRunner().invoke(main, _bench_args(digits_checkpoint, full))
+    assert done.exit_code == 0, done.output
     return full
 
 
@@ -591,7 +601,9 @@ def test_interrupted_bench_process_resumes_without_recomputing(
     first = _records(results) if kept.endswith(b"\n") else None
     assert 3 <= finished.count(b"\n") < 12
 
-    again = subprocess.run(_bench_cmd(digits_checkpoint, out), capture_output=True, timeout=300)
+    again = subprocess.run(
+        _bench_cmd(digits_checkpoint, out), capture_output=True, timeout=300, env=_bench_env()
+    )
     assert again.returncode == 0, again.stderr.decode()
     final_bytes = results.read_bytes()
     assert final_bytes.startswith(finished), "finished results were rewritten"
