@@ -236,7 +236,13 @@ def shared_vit() -> torch.nn.Module:
     return MODEL_FACTORIES["timm-vit"]()
 
 
-@pytest.mark.parametrize(("method", "name", "value"), PROBES, ids=repr)
+def _probe_id(value: Any) -> str:
+    """A value's repr, the same in every process (a bare object's repr holds its address, and
+    pytest-xdist's workers must collect the same test ids)."""
+    return "object()" if type(value) is object else repr(value)
+
+
+@pytest.mark.parametrize(("method", "name", "value"), PROBES, ids=_probe_id)
 def test_bad_parameter_values_are_refused(method: str, name: str, value: Any, shared_vit) -> None:
     params = {**quick(method), name: value}
     before = snapshot(shared_vit)
