@@ -80,11 +80,14 @@ def _copies(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     call, leaving torch's global generator where ``build`` leaves it, as a new build would.
 
     Building a timm model costs about seven times a copy, and the suite builds hundreds. Each
-    test still gets a model of its own to change as it likes.
+    test still gets a model of its own to change as it likes. Under another default device
+    (``with torch.device("meta")``) the model is built there, as asked.
     """
     built: list[tuple[nn.Module, torch.Tensor]] = []
 
     def factory() -> nn.Module:
+        if torch.empty(0).device.type != "cpu":
+            return build()
         if not built:
             model = build()
             built.append((model, torch.get_rng_state()))
