@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from importlib import metadata
 
@@ -25,6 +26,15 @@ HF_CONFIG = dict(
     num_labels=NUM_CLASSES,
     layer_norm_eps=1e-6,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in each pytest-xdist worker, and in the processes it starts: the
+    workers already keep every core busy, and threads waiting for a core slow the tiny
+    models' many small operations down instead of up."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
