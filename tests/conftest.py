@@ -37,8 +37,15 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixture scope
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the tests marked ``transformers4`` unless transformers 4.x is installed."""
+    """Run the tests marked ``slow`` first, and skip the tests marked ``transformers4`` unless
+    transformers 4.x is installed.
+
+    Slow tests first: pytest-xdist's workers then run them beside the many quick ones, instead
+    of one worker running a long test alone at the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort
     version = metadata.version("transformers")
     if version.split(".")[0] == "4":
         return

@@ -264,6 +264,7 @@ FAILING = """
 
 
 @needs_gloo
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_job_naming_rank_and_image(tmp_path: Path) -> None:
     script = tmp_path / "failing.py"
     script.write_text(textwrap.dedent(FAILING))
