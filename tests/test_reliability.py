@@ -557,10 +557,25 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child, before it runs the command: SIGINT at its default action, as in a terminal.
+
+    A shell starts a background job with SIGINT ignored and children inherit that; Python then
+    never raises KeyboardInterrupt, and a test run in the background would see Ctrl-C ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_until(cmd: list[str], results: Path, lines: int, sig: int) -> int:
     """Start ``cmd``, send ``sig`` once ``results`` holds ``lines`` records; the exit code."""
     env = {**_bench_env(), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=_sigint_as_in_a_terminal,  # sets one signal: takes no lock a thread may hold
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
