@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Callable
 from importlib import metadata
 
@@ -26,8 +28,24 @@ HF_CONFIG = dict(
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in each pytest-xdist worker, and in the processes it starts: the
+    workers already keep every core busy, and threads waiting for a core slow the tiny
+    models' many small operations down instead of up."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixture scope
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the tests marked ``transformers4`` unless transformers 4.x is installed."""
+    """Run the tests marked ``slow`` first, and skip the tests marked ``transformers4`` unless
+    transformers 4.x is installed.
+
+    Slow tests first: pytest-xdist's workers then run them beside the many quick ones, instead
+    of one worker running a long test alone at the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort
     version = metadata.version("transformers")
     if version.split(".")[0] == "4":
         return
@@ -74,18 +92,44 @@ def _hf(kind: str) -> nn.Module:
     return DeiTForImageClassificationWithTeacher(DeiTConfig(**kw)).eval()
 
 
+def _copies(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """A factory that runs ``build`` once and returns a fresh deep copy of its model on every
+    call, leaving torch's global generator where ``build`` leaves it, as a new build would.
+
+    Building a timm model costs about seven times a copy, and the suite builds hundreds. Each
+    test still gets a model of its own to change as it likes. Under another default device
+    (``with torch.device("meta")``) the model is built there, as asked.
+    """
+    built: list[tuple[nn.Module, torch.Tensor]] = []
+
+    def factory() -> nn.Module:
+        if torch.empty(0).device.type != "cpu":
+            return build()
+        if not built:
+            model = build()
+            built.append((model, torch.get_rng_state()))
+        model, rng = built[0]
+        torch.set_rng_state(rng)
+        return copy.deepcopy(model)
+
+    return factory
+
+
 #: name -> factory of a tiny model; every adapter and token layout is represented.
 MODEL_FACTORIES: dict[str, Callable[[], nn.Module]] = {
-    "timm-vit": lambda: _timm("vit_tiny_patch16_224"),
-    "timm-vit-rect": lambda: _timm("vit_tiny_patch16_224", img_size=(24, 40)),
-    "timm-deit-distilled": lambda: _timm("deit_tiny_distilled_patch16_224"),
-    "timm-vit-registers": lambda: _timm("vit_tiny_patch16_224", reg_tokens=3),
-    "timm-vit-avgpool": lambda: _timm(
-        "vit_tiny_patch16_224", global_pool="avg", class_token=False, fc_norm=True
-    ),
-    "hf-vit": lambda: _hf("vit"),
-    "hf-deit": lambda: _hf("deit"),
-    "hf-deit-teacher": lambda: _hf("teacher"),
+    name: _copies(build)
+    for name, build in {
+        "timm-vit": lambda: _timm("vit_tiny_patch16_224"),
+        "timm-vit-rect": lambda: _timm("vit_tiny_patch16_224", img_size=(24, 40)),
+        "timm-deit-distilled": lambda: _timm("deit_tiny_distilled_patch16_224"),
+        "timm-vit-registers": lambda: _timm("vit_tiny_patch16_224", reg_tokens=3),
+        "timm-vit-avgpool": lambda: _timm(
+            "vit_tiny_patch16_224", global_pool="avg", class_token=False, fc_norm=True
+        ),
+        "hf-vit": lambda: _hf("vit"),
+        "hf-deit": lambda: _hf("deit"),
+        "hf-deit-teacher": lambda: _hf("teacher"),
+    }.items()
 }
 
 

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
+from click.testing import CliRunner
 from test_bench import Counting, fake_dataset
 
 from conftest import MODEL_FACTORIES
@@ -27,6 +29,7 @@ from xvit import ParameterError
 from xvit.bench import run_benchmark
 from xvit.bench._distributed import shard, wants_distributed
 from xvit.bench._store import load_results, result_files
+from xvit.cli import main
 
 N = 8
 METHODS = ["gradmask", "attention", "random"]  # random: a randomised method (per-image seeds)
@@ -53,7 +56,7 @@ needs_gloo = pytest.mark.skipif(
 
 def _env() -> dict[str, str]:
     """This environment without a launcher's variables; one thread per process, as torchrun
-    sets it, so that the single-process oracle does the same arithmetic."""
+    sets it, so that the ranks do the oracle's arithmetic (it runs on one thread too)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env["OMP_NUM_THREADS"] = "1"
     return env
@@ -78,9 +81,8 @@ def _torchrun(nproc: int, *args: str) -> list[str]:
     ]
 
 
-def _bench(out: Path, nproc: int | None) -> list[str]:
-    cmd = ["-m", "xvit", "bench", *ARGS, "-n", str(N), "--out", str(out)]
-    return [sys.executable, *cmd] if nproc is None else _torchrun(nproc, *cmd)
+def _bench(out: Path, nproc: int) -> list[str]:
+    return _torchrun(nproc, "-m", "xvit", "bench", *ARGS, "-n", str(N), "--out", str(out))
 
 
 def _run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -107,10 +109,20 @@ def _shares(stderr: str) -> dict[int, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory) -> dict[tuple[str, str], dict]:
-    """A single-process run without any launcher environment."""
+    """A single-process run without any launcher environment: the same command, in this
+    process (a process of its own would spend most of its time importing), on one thread as
+    every rank runs."""
     out = tmp_path_factory.mktemp("single")
-    proc = _run(_bench(out, None))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as env:
+        for name in LAUNCH_ENV:
+            env.delenv(name, raising=False)
+        torch.set_num_threads(1)
+        try:
+            result = CliRunner().invoke(main, ["bench", *ARGS, "-n", str(N), "--out", str(out)])
+        finally:
+            torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output[-3000:]
     assert sorted(p.name for p in result_files(out)) == ["results.jsonl"]
     records = _records(out / "results.jsonl")
     assert len(records) == N * len(METHODS)
@@ -252,6 +264,7 @@ FAILING = """
 
 
 @needs_gloo
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_job_naming_rank_and_image(tmp_path: Path) -> None:
     script = tmp_path / "failing.py"
     script.write_text(textwrap.dedent(FAILING))

@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 import xvit
 from conftest import MODEL_FACTORIES, model_input
 from model_state import snapshot
+from xvit.cli import main
 
 METHODS = xvit.list_methods()
 MODELS = sorted(MODEL_FACTORIES)
@@ -234,7 +236,13 @@ def shared_vit() -> torch.nn.Module:
     return MODEL_FACTORIES["timm-vit"]()
 
 
-@pytest.mark.parametrize(("method", "name", "value"), PROBES, ids=repr)
+def _probe_id(value: Any) -> str:
+    """A value's repr, the same in every process (a bare object's repr holds its address, and
+    pytest-xdist's workers must collect the same test ids)."""
+    return "object()" if type(value) is object else repr(value)
+
+
+@pytest.mark.parametrize(("method", "name", "value"), PROBES, ids=_probe_id)
 def test_bad_parameter_values_are_refused(method: str, name: str, value: Any, shared_vit) -> None:
     params = {**quick(method), name: value}
     before = snapshot(shared_vit)
@@ -492,11 +500,8 @@ def test_corrupt_safetensors_gives_model_load_error(corruption: str, tmp_path: P
 
 
 # --- 7: xvit bench killed part-way, in a real process -------------------------------------
-def _bench_cmd(ckpt: Path, out: Path) -> list[str]:
+def _bench_args(ckpt: Path, out: Path) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "xvit",
         "bench",
         "--model",
         str(ckpt),
@@ -513,6 +518,16 @@ def _bench_cmd(ckpt: Path, out: Path) -> list[str]:
         "--out",
         str(out),
     ]
+
+
+def _bench_cmd(ckpt: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "xvit", *_bench_args(ckpt, out)]
+
+
+def _bench_env() -> dict[str, str]:
+    """This environment, with torch on as many threads as in this process: the processes then
+    do the arithmetic of the run made in this process."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -542,10 +557,25 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child, before it runs the command: SIGINT at its default action, as in a terminal.
+
+    A shell starts a background job with SIGINT ignored and children inherit that; Python then
+    never raises KeyboardInterrupt, and a test run in the background would see Ctrl-C ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_until(cmd: list[str], results: Path, lines: int, sig: int) -> int:
     """Start ``cmd``, send ``sig`` once ``results`` holds ``lines`` records; the exit code."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    env = {**_bench_env(), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=_sigint_as_in_a_terminal,  # sets one signal: takes no lock a thread may hold
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -566,10 +596,11 @@ def _run_until(cmd: list[str], results: Path, lines: int, sig: int) -> int:
 
 @pytest.fixture(scope="module")
 def uninterrupted(digits_checkpoint: Path) -> Path:
-    """The results folder of a bench run that was left alone."""
+    """The results folder of a bench run that was left alone: the same command, in this
+    process (a process of its own would spend most of its time importing)."""
     full = digits_checkpoint.parent / "uninterrupted"
-    done = subprocess.run(_bench_cmd(digits_checkpoint, full), capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stderr.decode()
+    done = CliRunner().invoke(main, _bench_args(digits_checkpoint, full))
+    assert done.exit_code == 0, done.output
     return full
 
 
@@ -591,7 +622,9 @@ def test_interrupted_bench_process_resumes_without_recomputing(
     first = _records(results) if kept.endswith(b"\n") else None
     assert 3 <= finished.count(b"\n") < 12
 
-    again = subprocess.run(_bench_cmd(digits_checkpoint, out), capture_output=True, timeout=300)
+    again = subprocess.run(
+        _bench_cmd(digits_checkpoint, out), capture_output=True, timeout=300, env=_bench_env()
+    )
     assert again.returncode == 0, again.stderr.decode()
     final_bytes = results.read_bytes()
     assert final_bytes.startswith(finished), "finished results were rewritten"
