@@ -45,7 +45,14 @@ class Configurable:
         xvit._errors.ParameterError: sharpen: amount must be a non-negative number, got -1
     """
 
+    #: Registry name.
     name: ClassVar[str] = ""
+    #: One line for listings.
+    summary: ClassVar[str] = ""
+    #: The paper that defines it.
+    paper: ClassVar[str] = ""
+    #: Whether it draws random numbers (then it takes a ``seed``, see :mod:`xvit._seeds`).
+    randomized: ClassVar[bool] = False
     #: What each parameter accepts: name -> Constraint, tuple of alternatives, or Rule.
     parameter_constraints: ClassVar[dict[str, Spec]] = {}
 

@@ -13,7 +13,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._errors import UnknownNameError
 from ._suggest import did_you_mean
@@ -48,6 +48,17 @@ class Registry(Generic[T]):
                 )
             self._entries[name] = obj
         return obj
+
+    def register_named(self, cls: Any, base: type, caller: str) -> Any:
+        """Register the class ``cls`` under its ``name`` attribute, after checking that it
+        is a subclass of ``base`` and has a name (``caller`` names the decorator in errors)."""
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"{caller} takes a {base.__name__} subclass, got {cls!r}")
+        name = getattr(cls, "name", "")
+        if not name:
+            raise ValueError(f"{cls.__name__} must set a class attribute 'name' to be registered")
+        entry: Any = cls
+        return self.register(name, entry)
 
     def decorator(self, name: str) -> Callable[[T], T]:
         """A decorator form of :meth:`register`."""

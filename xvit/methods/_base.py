@@ -119,14 +119,10 @@ class Explainer(Configurable, ABC):
         torch.Size([1, 8, 8])
     """
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    paper: ClassVar[str] = ""
     family: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
     needs_qkv: ClassVar[bool] = False
-    randomized: ClassVar[bool] = False
     score_targets: ClassVar[bool] = False
     quick_params: ClassVar[dict[str, Any]] = {}
 

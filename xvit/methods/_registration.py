@@ -30,12 +30,7 @@ def register_method(cls: E) -> E:
         True
         >>> xvit.method_registry.unregister("flat-doc")
     """
-    if not (isinstance(cls, type) and issubclass(cls, Explainer)):
-        raise TypeError(f"register_method takes an Explainer subclass, got {cls!r}")
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} must set a class attribute 'name' to be registered")
-    method_registry.register(cls.name, cls)
-    return cls
+    return method_registry.register_named(cls, Explainer, "register_method")  # type: ignore[no-any-return]
 
 
 def get_method(name: str | type[Explainer]) -> type[Explainer]:

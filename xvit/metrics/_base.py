@@ -173,15 +173,11 @@ class Metric(Configurable, ABC):
         tensor([3., 2.], dtype=torch.float64)
     """
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    paper: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
     needs_boxes: ClassVar[bool] = False
     curve: ClassVar[bool] = False
     short_name: ClassVar[str] = ""
-    randomized: ClassVar[bool] = False
     upsample: str = "nearest"
     #: The seed of a randomized metric (its ``seed`` parameter).
     seed: int | None

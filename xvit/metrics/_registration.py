@@ -28,12 +28,7 @@ def register_metric(cls: M) -> M:
         True
         >>> metrics.unregister("map-max-doc")
     """
-    if not (isinstance(cls, type) and issubclass(cls, Metric)):
-        raise TypeError(f"register_metric takes a Metric subclass, got {cls!r}")
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} must set a class attribute 'name' to be registered")
-    metrics.register(cls.name, cls)
-    return cls
+    return metrics.register_named(cls, Metric, "register_metric")  # type: ignore[no-any-return]
 
 
 def get_metric(name: str | type[Metric]) -> type[Metric]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -29,20 +30,15 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, inherits, model_lock, pair
-from ._family import Family, FamilyAdapter, hf_eager, second_tensor, tensor_or_none
-from ._labels import hf_class_names
+from ._family import FamilyAdapter, hf_eager, second_tensor, tensor_or_none
 from ._preprocessing import HALF, Preprocessing, attached_preprocessing
-from .hf_vit import check_projections, encoder_layers, hf_qkv, projections
+from .hf_vit import HF_VIT, backbone_of, check_projections, encoder_layers, projections
 
 SUPPORTED = ("BeitForImageClassification", "Data2VecVisionForImageClassification")
 
 
 def _backbone(model: Any) -> nn.Module:
-    for name in ("beit", "data2vec_vision"):
-        sub = getattr(model, name, None)
-        if isinstance(sub, nn.Module):
-            return sub
-    raise UnsupportedModelError(f"{type(model).__name__} has no beit/data2vec_vision backbone")
+    return backbone_of(model, ("beit", "data2vec_vision"))
 
 
 def _layers(model: Any) -> list[nn.Module]:
@@ -131,7 +127,12 @@ def _logits(model: Any, x: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=x).logits  # type: ignore[no-any-return]
 
 
-HF_BEIT = Family(
+#: HF ViT's declaration (config-read geometry, q/k/v projections, class names) with what
+#: BEiT and Data2VecVision do differently: their backbones and layouts, the attention module,
+#: one CLS token whatever the head reads, any input size, mean or CLS pooling (no last-block
+#: shortcut), the per-call eager classes and logits made safe for the relative index cache.
+HF_BEIT = replace(
+    HF_VIT,
     name="hf-beit",
     description=(
         "HuggingFace BeitForImageClassification (transformers 4.x and 5.x), "
@@ -139,21 +140,14 @@ HF_BEIT = Family(
     ),
     matches=lambda model: inherits(model, "transformers", SUPPORTED),
     blocks=_layers,
-    qkv=hf_qkv,
     attention=_attention,
-    norm1=lambda layer: layer.layernorm_before,
-    num_heads=lambda model: int(model.config.num_attention_heads),
     prefix_tokens=lambda model: 1,  # CLS, also when the head mean-pools the patches
-    patch_size=lambda model: pair(model.config.patch_size),
-    image_size=lambda model: pair(model.config.image_size),
     dynamic_size=lambda model: True,  # relative tables are resampled to the patch grid
-    in_chans=lambda model: int(getattr(model.config, "num_channels", 3)),
     pooling=lambda model: "mean" if model.config.use_mean_pooling else "token",
     eager=beit_eager,
     logits=_logits,
-    num_classes=lambda model: int(model.config.num_labels),
     preprocessing=_preprocessing,
-    class_names=lambda model, n: hf_class_names(model.config, n),
+    prefix_rows_logits=lambda model, x: None,
     check=_check,
 )
 

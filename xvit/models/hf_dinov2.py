@@ -11,15 +11,15 @@ transformers 5.x (``attention.q_proj``) and 4.x (``encoder.layer[i].attention.at
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
 from ._base import inherits, pair
-from ._family import Family, FamilyAdapter, hf_eager
-from ._labels import hf_class_names
+from ._family import FamilyAdapter, hf_eager
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
-from .hf_vit import check_projections, encoder_layers, hf_attention, hf_logits, hf_qkv
+from .hf_vit import HF_VIT, check_projections, encoder_layers
 
 SUPPORTED = ("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification")
 
@@ -47,28 +47,24 @@ def _preprocessing(model: Any) -> Preprocessing:
     )
 
 
-HF_DINOV2 = Family(
+#: HF ViT's declaration (config-read geometry, q/k/v projections, class names) with what
+#: DINOv2 does differently: its backbone, norm name, register tokens, any input size and a
+#: head that reads the CLS token and the patch mean (no last-block shortcut).
+HF_DINOV2 = replace(
+    HF_VIT,
     name="hf-dinov2",
     description=(
         "HuggingFace Dinov2ForImageClassification, Dinov2WithRegistersForImageClassification"
     ),
     matches=lambda model: inherits(model, "transformers", SUPPORTED),
     blocks=lambda model: encoder_layers(_backbone(model)),
-    qkv=hf_qkv,
-    attention=hf_attention,
     norm1=lambda layer: layer.norm1,
-    num_heads=lambda model: int(model.config.num_attention_heads),
     prefix_tokens=_prefix,
-    patch_size=lambda model: pair(model.config.patch_size),
-    image_size=lambda model: pair(model.config.image_size),
     dynamic_size=lambda model: True,  # position embeddings are interpolated every forward
-    in_chans=lambda model: int(getattr(model.config, "num_channels", 3)),
     pooling=lambda model: "token+mean",  # classifier(cat[CLS, mean(patches)])
     eager=hf_eager,
-    logits=hf_logits,
-    num_classes=lambda model: int(model.config.num_labels),
     preprocessing=_preprocessing,
-    class_names=lambda model, n: hf_class_names(model.config, n),
+    prefix_rows_logits=lambda model, x: None,
     check=lambda model: check_projections(model, encoder_layers(_backbone(model))),
 )
 

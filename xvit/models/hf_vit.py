@@ -39,13 +39,14 @@ SUPPORTED = (
 )
 
 
-def backbone_of(model: Any) -> nn.Module:
-    """The ``vit``/``deit`` backbone of an HF ViT or DeiT classifier."""
-    for name in ("vit", "deit"):
+def backbone_of(model: Any, names: tuple[str, ...] = ("vit", "deit")) -> nn.Module:
+    """The backbone of an HF classifier: its first submodule called one of ``names``
+    (``vit``/``deit`` for ViT and DeiT)."""
+    for name in names:
         sub = getattr(model, name, None)
         if isinstance(sub, nn.Module):
             return sub
-    raise UnsupportedModelError(f"{type(model).__name__} has no vit/deit backbone")
+    raise UnsupportedModelError(f"{type(model).__name__} has no {'/'.join(names)} backbone")
 
 
 def encoder_layers(backbone: Any) -> list[nn.Module]:

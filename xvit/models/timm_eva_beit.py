@@ -12,15 +12,15 @@ branch computes the probabilities (with rope and bias applied) and passes them t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
 from .._errors import UnsupportedModelError
-from ._base import AttentionSource, QKVSource, inherits, pair
-from ._family import Family, FamilyAdapter, fused_attn_off, tensor_or_none
-from ._labels import timm_class_names
-from .timm_vit import timm_in_chans, timm_preprocessing
+from ._base import QKVSource, inherits
+from ._family import Family, FamilyAdapter
+from .timm_vit import TIMM_VIT
 
 
 def _blocks(model: Any) -> list[nn.Module]:
@@ -58,28 +58,19 @@ def _pooling(model: Any) -> str:
 
 
 def _family(name: str, classes: tuple[str, ...], description: str) -> Family:
-    return Family(
+    """timm's ViT declaration with what these models do differently: which classes match,
+    how q/k/v are produced, how the head pools, and no last-block shortcut (their blocks
+    apply rope or relative bias, which the shortcut's row-only block does not know)."""
+    return replace(
+        TIMM_VIT,
         name=name,
         description=description,
         matches=lambda model: inherits(model, "timm", classes),
         blocks=_blocks,
         qkv=_qkv,
-        attention=lambda block: AttentionSource(
-            module=block.attn.attn_drop, extract=tensor_or_none
-        ),
-        norm1=lambda block: block.norm1,
-        num_heads=lambda model: int(model.blocks[0].attn.num_heads),
-        prefix_tokens=lambda model: int(model.num_prefix_tokens),
-        patch_size=lambda model: pair(model.patch_embed.patch_size),
-        image_size=lambda model: pair(model.patch_embed.img_size),
-        dynamic_size=lambda model: bool(getattr(model, "dynamic_img_size", False)),
-        in_chans=timm_in_chans,
         pooling=_pooling,
-        eager=lambda model: fused_attn_off(model, [b.attn for b in model.blocks]),
         logits=lambda model, x: model(x),
-        num_classes=lambda model: int(model.num_classes),
-        preprocessing=lambda model: timm_preprocessing(model, pair(model.patch_embed.img_size)),
-        class_names=timm_class_names,
+        prefix_rows_logits=lambda model, x: None,
         check=_check,
     )
 
