@@ -1,11 +1,10 @@
 """Explaining ``xvit.zero_shot`` classifiers over HF CLIP and SigLIP: the user's full model
 (text tower, configs, flags) is left exactly as it was, the adapter reads the vision tower's
 layout, and what xvit cannot read is refused clearly. The method contract, GradMask and the
-attention references run in test_families.py over the same factories."""
+attention references run in test_families.py over the same factories; open_clip classifiers
+are tested in test_open_clip.py."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
@@ -55,16 +54,3 @@ def test_prompts_are_the_class_names() -> None:
     e = xvit.explain("gradmask", classifier, x, target="a dog")
     assert int(e.targets[0]) == 1 and list(e.class_names) == ["a dog"]
     assert xvit.get_adapter(classifier).class_names() == tuple(prompts)
-
-
-def test_open_clip_classifiers_are_refused_naming_what_works() -> None:
-    if importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open_clip is not installed (optional: pip install open_clip_torch)")
-    import open_clip
-
-    vision = dict(layers=2, width=32, head_width=16, patch_size=8, image_size=32)
-    text = dict(context_length=8, vocab_size=16, width=32, heads=2, layers=2)
-    model = open_clip.CLIP(16, vision, text).eval()
-    classifier = xvit.zero_shot(model, text_features=torch.randn(3, 16))
-    with pytest.raises(xvit.UnsupportedModelError, match=r"open_clip.*CLIPModel or SiglipModel"):
-        xvit.get_adapter(classifier)

@@ -25,6 +25,7 @@ from .hf_beit import HFBeitAdapter
 from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
 from .hf_zero_shot import HFZeroShotAdapter
+from .open_clip_zero_shot import OpenClipZeroShotAdapter
 from .timm_eva_beit import TimmBeitAdapter, TimmEvaAdapter
 from .timm_vit import TimmViTAdapter
 from .torchvision_vit import TorchvisionViTAdapter
@@ -41,6 +42,7 @@ __all__ = [
     "HFViTAdapter",
     "HFZeroShotAdapter",
     "ModelAdapter",
+    "OpenClipZeroShotAdapter",
     "Preprocessing",
     "QKVSource",
     "TimmBeitAdapter",

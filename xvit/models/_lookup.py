@@ -15,6 +15,7 @@ from .hf_beit import HFBeitAdapter
 from .hf_dinov2 import HFDinov2Adapter
 from .hf_vit import HFViTAdapter
 from .hf_zero_shot import HFZeroShotAdapter
+from .open_clip_zero_shot import OpenClipZeroShotAdapter
 from .timm_eva_beit import TimmBeitAdapter, TimmEvaAdapter
 from .timm_vit import TimmViTAdapter
 from .torchvision_vit import TorchvisionViTAdapter
@@ -26,6 +27,7 @@ adapters.register("hf", HFViTAdapter)
 adapters.register("hf-beit", HFBeitAdapter)
 adapters.register("hf-dinov2", HFDinov2Adapter)
 adapters.register("hf-zero-shot", HFZeroShotAdapter)
+adapters.register("open-clip-zero-shot", OpenClipZeroShotAdapter)
 adapters.register("timm", TimmViTAdapter)
 adapters.register("timm-beit", TimmBeitAdapter)
 adapters.register("timm-eva", TimmEvaAdapter)

@@ -12,9 +12,8 @@ last layer reaches the logits. Attention probabilities exist on the eager attent
 entered through the vision config's ``_attn_implementation`` for the call (transformers
 4.x: also its ``output_attentions``, see :func:`~xvit.models._family.hf_eager`).
 
-open_clip zero-shot classifiers are recognised and refused: their towers are built on
-``nn.MultiheadAttention`` (3.x releases) or open_clip's own fused attention (4.x), which
-this declaration does not read yet.
+Zero-shot classifiers over open_clip models are declared in
+:mod:`~xvit.models.open_clip_zero_shot`.
 """
 
 from __future__ import annotations
@@ -38,9 +37,8 @@ def _tower(model: Any) -> nn.Module:
     tower = getattr(model, "vision_model", None)
     if not isinstance(tower, nn.Module):
         raise UnsupportedModelError(
-            "this zero-shot classifier wraps an open_clip model, which xvit cannot explain "
-            "yet; explain a HuggingFace CLIPModel or SiglipModel through xvit.zero_shot "
-            "(for example CLIPModel.from_pretrained('openai/clip-vit-base-patch32'))"
+            "this zero-shot classifier has no HuggingFace vision_model; make it with "
+            "xvit.zero_shot from a CLIPModel or SiglipModel"
         )
     return tower
 
@@ -114,7 +112,10 @@ HF_ZERO_SHOT = Family(
         "xvit.zero_shot(...) classifiers over HuggingFace CLIPModel and SiglipModel (prompts "
         "as classes)"
     ),
-    matches=lambda model: isinstance(model, ZeroShotClassifier),
+    matches=lambda model: (
+        isinstance(model, ZeroShotClassifier)
+        and isinstance(getattr(model, "vision_model", None), nn.Module)
+    ),
     blocks=_layers,
     qkv=_qkv,
     attention=lambda layer: AttentionSource(module=_attention(layer), extract=second_tensor),
