@@ -410,3 +410,12 @@ def zero_shot(
             text_features = family.text(model, tokenizer, prompts)
     assert text_features is not None
     return ZeroShotClassifier(model, text_features, class_names=prompts)
+
+
+#: What every family of zero-shot classifiers declares the same way: the classifier's own
+#: forward gives the logits, its prompts are the classes and their names.
+CLASSIFIER_HEAD: dict[str, Any] = {
+    "logits": lambda model, x: model(x),
+    "num_classes": lambda model: int(model.num_classes),
+    "class_names": lambda model, n: model.class_names,
+}

@@ -26,7 +26,7 @@ from .._errors import UnsupportedModelError
 from ._base import AttentionSource, QKVSource, pair
 from ._family import Family, FamilyAdapter, hf_eager, second_tensor
 from ._preprocessing import HALF, Preprocessing, attached_preprocessing
-from ._zero_shot import ZeroShotClassifier
+from ._zero_shot import CLASSIFIER_HEAD, ZeroShotClassifier
 
 #: CLIPImageProcessor's normalisation (OpenAI's statistics of its training set).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -127,11 +127,9 @@ HF_ZERO_SHOT = Family(
     in_chans=lambda model: int(getattr(_config(model), "num_channels", 3)),
     pooling=_pooling,
     eager=hf_eager,
-    logits=lambda model, x: model(x),
-    num_classes=lambda model: int(model.num_classes),
     preprocessing=_preprocessing,
-    class_names=lambda model, n: model.class_names,
     check=_check,
+    **CLASSIFIER_HEAD,
 )
 
 

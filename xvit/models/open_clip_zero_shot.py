@@ -24,7 +24,7 @@ from ._base import AttentionSource, QKVSource, inherits, pair
 from ._family import Family, FamilyAdapter, second_tensor
 from ._multihead import multihead_eager
 from ._preprocessing import Preprocessing, attached_preprocessing
-from ._zero_shot import ZeroShotClassifier
+from ._zero_shot import CLASSIFIER_HEAD, ZeroShotClassifier
 from .hf_zero_shot import CLIP_MEAN, CLIP_STD
 
 #: open_clip's ``pool_type`` values and the pooling they declare (no ``attn_pool``).
@@ -110,11 +110,9 @@ OPEN_CLIP_ZERO_SHOT = Family(
     pooling=_pooling,
     eager=_eager,
     qkv_on_eager_path=True,  # nn.MultiheadAttention projects inside one fused call
-    logits=lambda model, x: model(x),
-    num_classes=lambda model: int(model.num_classes),
     preprocessing=_preprocessing,
-    class_names=lambda model, n: model.class_names,
     check=_check,
+    **CLASSIFIER_HEAD,
 )
 
 
