@@ -38,18 +38,22 @@ def torchvision_vit() -> nn.Module:
     return _randomise_zero_inits(model).eval()  # its head starts at zero
 
 
+#: The size of every tiny HF vision config here (a 4 x 4 patch grid, 3 blocks).
+TINY_HF = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    num_labels=NUM_CLASSES,
+)
+
+
 def hf_dinov2(registers: int = 0) -> nn.Module:
     from transformers import Dinov2Config, Dinov2ForImageClassification
 
-    kw = dict(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=NUM_CLASSES,
-    )
+    kw = dict(TINY_HF)
     torch.manual_seed(0)
     if registers:  # transformers 4.48 and later
         from transformers import (
@@ -223,16 +227,7 @@ def hf_beit(kind: str = "beit", **kw) -> nn.Module:
     import transformers
 
     name = {"beit": "Beit", "data2vec": "Data2VecVision"}[kind]
-    config = getattr(transformers, f"{name}Config")(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=NUM_CLASSES,
-        **kw,
-    )
+    config = getattr(transformers, f"{name}Config")(**TINY_HF, **kw)
     torch.manual_seed(0)
     model = getattr(transformers, f"{name}ForImageClassification")(config)
     return _randomise_zero_inits(model).eval()
