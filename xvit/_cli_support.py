@@ -63,7 +63,8 @@ class Selection:
 
     Attributes:
         registry: Where the names are looked up (methods, metrics).
-        spec: The names as given: comma-separated, or ``"all"`` for every registered one.
+        spec: The names as given: comma-separated, ``"all"`` for every registered one, or
+            ``"default"`` for every one not marked ``expensive``.
         option: The command-line option that chooses them (``--methods``), for messages.
     """
 
@@ -76,6 +77,9 @@ class Selection:
         kind = self.registry.kind
         if self.spec.strip() == "all":
             return self.registry.names()
+        if self.spec.strip() == "default":
+            names = self.registry.names()
+            return [n for n in names if not getattr(self.registry.get(n), "expensive", False)]
         names = [n.strip() for n in self.spec.split(",") if n.strip()]
         if not names:
             raise ParameterError(f"no {kind} given to {self.option}; name one, or 'all'")

@@ -26,25 +26,23 @@ from ._cli_options import (
 )
 from ._cli_support import handle_errors
 
-#: Cheaper settings than the methods' defaults, so the whole demo stays within minutes on a
-#: laptop CPU (RISE's default of 4000 masks alone would take longer than everything else).
-DEMO_PARAMS: dict[str, dict[str, Any]] = {"rise": {"num_masks": 500}}
-
 #: Insertion/Deletion reveal or remove this many image rows of pixels per step (the metrics'
 #: default is one row); the curves keep 1 + H / 2 points.
 DEMO_ROWS_PER_STEP = 2
 
 
 def demo_methods() -> list[Any]:
-    """Every registered method, with the demo's cheaper settings where it has them."""
+    """Every registered method, with its ``demo_params`` (cheaper settings than its defaults
+    where those would take too long on a laptop CPU)."""
     from .api import make_explainer
-    from .methods import list_methods
+    from .methods import get_method, list_methods
 
-    return [make_explainer(name, **DEMO_PARAMS.get(name, {})) for name in list_methods()]
+    return [make_explainer(name, **get_method(name).demo_params) for name in list_methods()]
 
 
 def demo_metrics(input_size: tuple[int, int]) -> list[Any]:
-    """Every registered metric at its defaults (as ``xvit bench`` runs them; the Pointing
+    """Every registered metric that is not ``expensive``, at its defaults (as ``xvit bench``
+    runs them; the Pointing
     Game's tolerance follows the input size), but Insertion/Deletion with
     :data:`DEMO_ROWS_PER_STEP` rows per step."""
     from .metrics import get_metric, list_metrics
@@ -52,6 +50,8 @@ def demo_metrics(input_size: tuple[int, int]) -> list[Any]:
     out = []
     for name in list_metrics():
         cls = get_metric(name)
+        if cls.expensive:
+            continue
         params = {}
         if "step" in cls.param_names():
             params["step"] = DEMO_ROWS_PER_STEP * input_size[1]

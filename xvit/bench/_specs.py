@@ -57,13 +57,19 @@ def resolve_methods(spec: Any) -> list[Explainer]:
 
 
 def resolve_metrics(spec: Any) -> list[Metric]:
-    """Metrics from ``"all"``, a comma list of names, or names/classes/instances.
+    """Metrics from ``"default"`` (every registered metric that is not ``expensive``),
+    ``"all"`` (every one), a comma list of names, or names/classes/instances.
 
     Example:
         >>> [m.name for m in resolve_metrics("insertion,pointing_game")]
         ['insertion', 'pointing_game']
     """
-    items = list_metrics() if spec == "all" else _names(spec, "metrics")
+    if spec == "all":
+        items: Any = list_metrics()
+    elif spec == "default":
+        items = [name for name in list_metrics() if not get_metric(name).expensive]
+    else:
+        items = _names(spec, "metrics")
     out = [item if isinstance(item, Metric) else get_metric(item).create() for item in items]
     _once([m.name for m in out], "metric")
     return out

@@ -42,7 +42,11 @@ DEFAULT_DATA = "digits"
     help="Comma-separated method names, or 'all' (every registered method).",
 )
 @click.option(
-    "--metrics", default="all", show_default=True, help="Comma-separated metric names, or 'all'."
+    "--metrics",
+    default="default",
+    show_default=True,
+    help="Comma-separated metric names; 'default' (every metric but the expensive ones) or "
+    "'all' (every registered metric; docs/metrics.md gives each one's cost).",
 )
 @images_option(
     "Number of images (the first N of the dataset). Under torchrun write -n or --images: "

@@ -40,7 +40,7 @@ def run_benchmark(
     model: Any,
     dataset: Any,
     methods: Any = "all",
-    metrics: Any = "all",
+    metrics: Any = "default",
     n: int | None = 200,
     images_per_call: int = 16,
     device: str | torch.device | None = None,
@@ -71,7 +71,8 @@ def run_benchmark(
             a unique ``id``.
         methods: ``"all"`` (every registered method, plugins included), a comma-separated
             string, or a list of names, classes or configured explainers.
-        metrics: ``"all"`` or names / classes / configured metric instances.
+        metrics: ``"default"`` (every registered metric but the ``expensive`` ones), ``"all"``
+            or names / classes / configured metric instances.
         n: Number of images (the first ``n``; None for all).
         images_per_call: Images handed to a method at a time (one :func:`xvit.explain` call
             per method and group). Each method's own ``batch_size`` counts model inputs per

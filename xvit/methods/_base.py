@@ -103,7 +103,9 @@ class Explainer(Configurable, ABC):
             (or the shared gradient pass and mask-scoring kernel, which do). Default False:
             :meth:`attribute` then refuses a callable target, so a method written for class
             indices never sees one. Every built-in method declares True.
-        quick_params: Parameters for a cheap but valid run (used by smoke tests and demos).
+        quick_params: Parameters for a cheap but valid run (used by smoke tests).
+        demo_params: Parameters ``xvit demo`` runs the method with, where its defaults would
+            take too long on a laptop CPU (empty: the defaults). The README says which.
 
     Example:
         >>> import torch, xvit
@@ -125,6 +127,7 @@ class Explainer(Configurable, ABC):
     needs_qkv: ClassVar[bool] = False
     score_targets: ClassVar[bool] = False
     quick_params: ClassVar[dict[str, Any]] = {}
+    demo_params: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         own = cls.__dict__.get("attribute")

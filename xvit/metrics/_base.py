@@ -157,6 +157,10 @@ class Metric(Configurable, ABC):
             changed at each point (the benchmark averages and plots the curves of such
             metrics).
         short_name: A short name for crowded figure cells (empty: the name).
+        expensive: Whether scoring costs far more than explaining (many extra forwards, or
+            re-running the method): ``xvit bench`` and ``xvit demo`` then run it only when
+            asked (by name, or ``--metrics all``).
+        cost: One sentence on what the metric costs per image, for the docs and listings.
         randomized: Whether it may draw random numbers (then it takes a ``seed``).
         upsample: How maps reach the input size (``"nearest"`` unless the metric takes an
             ``upsample`` parameter).
@@ -178,6 +182,8 @@ class Metric(Configurable, ABC):
     needs_boxes: ClassVar[bool] = False
     curve: ClassVar[bool] = False
     short_name: ClassVar[str] = ""
+    expensive: ClassVar[bool] = False
+    cost: ClassVar[str] = ""
     upsample: str = "nearest"
     #: The seed of a randomized metric (its ``seed`` parameter).
     seed: int | None
