@@ -706,3 +706,31 @@ def test_metric_modules_are_modules_and_calling_one_as_its_twin_warns() -> None:
         old = xvit.metrics.pointing_game(saliency, boxes, size=(16, 16), tolerance=0.5)
     new = pointing_game(saliency, boxes, size=(16, 16), tolerance=0.5)
     assert torch.equal(old, new)
+
+
+class _Reexplain(Metric):
+    """A metric that explains again: it scores how far a fresh map is from the given one."""
+
+    name = "reexplain-example"
+    needs_model = True
+    needs_explainer = True
+
+    def score(self, batch: Batch) -> MetricResult:
+        assert batch.explainer is not None and batch.adapter is not None
+        again = batch.explainer.attribute(batch.adapter, batch.x, batch.target)
+        diff = (again - batch.saliency[:, ::8, ::8]).abs().flatten(1).amax(1)
+        return MetricResult(self.name, diff.double().cpu())
+
+
+def test_a_metric_that_explains_again_gets_the_method_or_a_clear_error() -> None:
+    model = xvit.load_model("xvit:digits-vit")
+    x = torch.randn(2, 3, 64, 64)
+    e = xvit.explain("rollout", model, x)
+    metric = _Reexplain()
+    for method in ("rollout", xvit.make_explainer("rollout")):
+        scores = metric(model, x, e.targets, e, explainer=method).scores
+        assert scores.abs().max() < 1e-5  # rollout again on the same model: the same maps
+    with pytest.raises(xvit.ParameterError, match="explainer='gradmask'"):
+        metric(model, x, e.targets, e)
+    with pytest.raises(xvit.ParameterError, match=r"xvit\.Explainer or a method name"):
+        metric(model, x, e.targets, e, explainer=3)

@@ -110,7 +110,10 @@ class PreparedBatch:
         elapsed = time.perf_counter() - t0
         boxes = [self.boxes[i] for i in indices]
         seeds = [self.seeds[i] for i in indices]
-        results = [metric(adapter, xs, ts, maps, boxes, seeds=seeds) for metric in metrics]
+        results = [
+            metric(adapter, xs, ts, maps, boxes, seeds=seeds, explainer=explainer)
+            for metric in metrics
+        ]
         return [
             {
                 "id": self.samples[i].id,

@@ -23,6 +23,7 @@ from .._errors import InvalidInputError, ParameterError
 from .._inputs import resolve_targets
 from .._seeds import derive_seed, resolve_seed
 from ..explanation import Explanation
+from ..methods import Explainer, get_method
 from ..models import ModelAdapter, get_adapter, model_lock, preserved_state
 from ._boxes import Boxes, box_masks, require_boxes
 
@@ -90,6 +91,8 @@ class Batch:
             prediction where it is None); None for a metric that does not run the model.
         boxes: B x H x W boolean ground-truth masks on the CPU for a metric that needs
             ground truth, else None.
+        explainer: The method that made the maps, for a metric that explains again
+            (``needs_explainer``: on randomised models, on perturbed inputs), else None.
 
     Example:
         >>> import torch
@@ -104,6 +107,7 @@ class Batch:
     adapter: ModelAdapter | None = None
     target: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
+    explainer: Explainer | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -152,6 +156,8 @@ class Metric(Configurable, ABC):
         higher_is_better: Whether a larger score means a better explanation.
         needs_model: Whether the metric runs the model.
         needs_boxes: Whether the metric needs ground-truth boxes (``s_batch``).
+        needs_explainer: Whether the metric runs the explanation method again (then
+            ``__call__`` needs ``explainer=``, the method that made the maps).
         curve: Whether the score is the area under a curve: the result carries ``curves``
             and ``fractions``, and the metric has ``counts(height, width)``, the pixels
             changed at each point (the benchmark averages and plots the curves of such
@@ -180,6 +186,7 @@ class Metric(Configurable, ABC):
     higher_is_better: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
     needs_boxes: ClassVar[bool] = False
+    needs_explainer: ClassVar[bool] = False
     curve: ClassVar[bool] = False
     short_name: ClassVar[str] = ""
     expensive: ClassVar[bool] = False
@@ -213,16 +220,23 @@ class Metric(Configurable, ABC):
         s_batch: Boxes | None = None,
         *,
         seeds: Sequence[int] | None = None,
+        explainer: Explainer | str | None = None,
     ) -> MetricResult:
         """Score a batch (see the class docstring): check it, shape it, call :meth:`score`.
+
+        ``explainer`` (an :class:`~xvit.Explainer` or a registry name) is the method that made
+        ``a_batch``; a metric that explains again (``needs_explainer``) requires it, the others
+        ignore it.
 
         Raises:
             UnsupportedModelError: The metric runs the model and ``model`` is not one xvit
                 supports.
             InvalidInputError: Malformed images, maps, targets or ground truth, or ground
                 truth missing for a metric that needs it.
-            ParameterError: ``seeds`` is not one integer per image.
+            ParameterError: ``seeds`` is not one integer per image, or ``explainer`` is missing
+                for a metric that needs it.
         """
+        method = self._explainer(explainer)
         adapter = get_adapter(model) if self.needs_model else None
         check_batch(x_batch, a_batch)
         if self.needs_boxes:
@@ -237,10 +251,29 @@ class Metric(Configurable, ABC):
         saliency = saliency_at(a_batch, (h, w), self.upsample).to(x.device)
         boxes = box_masks(s_batch, (h, w), b) if self.needs_boxes else None
         if adapter is None:
-            return self.score(Batch(x, saliency, image_seeds, boxes=boxes))
+            return self.score(Batch(x, saliency, image_seeds, boxes=boxes, explainer=method))
         with model_lock(adapter.model), preserved_state(adapter.model):
             target = model_targets(adapter, x, y_batch)
-            return self.score(Batch(x, saliency, image_seeds, adapter, target, boxes))
+            return self.score(Batch(x, saliency, image_seeds, adapter, target, boxes, method))
+
+    def _explainer(self, explainer: Explainer | str | None) -> Explainer | None:
+        """The method a metric that explains again runs (None for the others)."""
+        if not self.needs_explainer:
+            return None
+        if explainer is None:
+            raise ParameterError(
+                f"metric {self.name!r} explains again (on randomised models or perturbed "
+                f"inputs): pass the method that made the maps, "
+                f"{self.name}(model, x, y, maps, explainer='gradmask')"
+            )
+        if isinstance(explainer, str):
+            return get_method(explainer).create()
+        if not isinstance(explainer, Explainer):
+            raise ParameterError(
+                f"explainer must be an xvit.Explainer or a method name, got "
+                f"{type(explainer).__name__}"
+            )
+        return explainer
 
     @abstractmethod
     def score(self, batch: Batch) -> MetricResult:
