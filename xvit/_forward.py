@@ -13,8 +13,10 @@ one constraint each, so that they mean the same thing everywhere:
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -28,6 +30,15 @@ CPU_AUTO_BATCH = 64
 
 #: Upper bound of an "auto" batch on an accelerator.
 MAX_AUTO_BATCH = 1024
+
+#: Per device, the largest "auto" batch known to fit after an out-of-memory error there:
+#: later "auto" batches on that device stay at or below it.
+_AUTO_LIMITS: dict[str, int] = {}
+
+#: Per device, the "auto" batch size handed out last (the one an out-of-memory error hit).
+_AUTO_LAST: dict[str, int] = {}
+
+T = TypeVar("T")
 
 #: Constraints of the three options, for the tables of the classes that take them.
 FORWARD_CONSTRAINTS: dict[str, Spec] = {
@@ -116,5 +127,47 @@ def resolve_batch_size(batch_size: int | str, device: torch.device, per_input_by
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         estimate = max(1, int(free * 0.5 // max(per_input_bytes * 40, 1)))
-        return int(min(estimate, MAX_AUTO_BATCH))
-    return CPU_AUTO_BATCH
+        size = int(min(estimate, MAX_AUTO_BATCH))
+    else:
+        size = CPU_AUTO_BATCH
+    size = min(size, _AUTO_LIMITS.get(str(device), size))
+    _AUTO_LAST[str(device)] = size
+    return size
+
+
+def backing_off(run: Callable[[], T], device: torch.device, batch_size: int | str, what: str) -> T:
+    """``run()``; under ``batch_size="auto"``, when it runs out of device memory, the "auto"
+    batch of ``device`` is halved (and stays so for later calls) and ``run`` starts again,
+    until it fits or the batch is 1. Says so once per call, with a warning. The results are
+    those of a run at the smaller batch: batching never changes what a method computes.
+
+    A fixed ``batch_size`` is left alone: the error is raised, and the fix is a smaller
+    ``batch_size`` or "auto".
+    """
+    key = str(device)
+    told = False
+    while True:
+        try:
+            return run()
+        except torch.cuda.OutOfMemoryError:
+            last = _AUTO_LAST.get(key, 1)
+            if batch_size != "auto" or last <= 1:
+                raise
+            _AUTO_LIMITS[key] = smaller = last // 2
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if not told:
+                warnings.warn(
+                    f"{what}: out of memory on {device} at {last} inputs per forward; "
+                    f"retrying with {smaller} (batch_size='auto' halves until it fits and "
+                    f"keeps that limit on {device} for later calls)",
+                    ResourceWarning,
+                    stacklevel=3,
+                )
+                told = True
+
+
+def reset_auto_limits() -> None:
+    """Forget every device's "auto" batch limit learnt from out-of-memory errors."""
+    _AUTO_LIMITS.clear()
+    _AUTO_LAST.clear()

@@ -145,9 +145,22 @@ def resolve_targets(
     image (ints and names may be mixed). Names are looked up in ``class_names``
     (see :func:`~xvit.models._labels.class_index`). A score-function target is not a class:
     :func:`xvit.explain` takes it before this is called, and here it is refused."""
-    b = logits.shape[0]
     if target is None:
         return logits.argmax(dim=-1)
+    indices = class_targets(target, logits.shape[0], num_classes, class_names)
+    return indices.to(logits.device)
+
+
+def class_targets(
+    target: Any, b: int, num_classes: int, class_names: Sequence[str] | None = None
+) -> torch.Tensor:
+    """(B,) long CPU targets for ``b`` images from a target that is not None (an int or
+    class name for all, or one per image): :func:`resolve_targets` without the logits.
+
+    Example:
+        >>> class_targets(2, 3, 5).tolist(), class_targets(["b", 0], 2, 3, ["a", "b", "c"]).tolist()
+        ([2, 2, 2], [1, 0])
+    """
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.dtype == torch.bool:
             raise InvalidInputError(f"target must hold integer class indices, got {target.dtype}")
@@ -188,7 +201,7 @@ def resolve_targets(
         raise InvalidInputError(
             f"got {len(indices)} targets for {b} images: pass one target, or exactly one per image"
         )
-    return torch.tensor(indices, dtype=torch.long, device=logits.device)
+    return torch.tensor(indices, dtype=torch.long)
 
 
 def _is_name(value: Any) -> bool:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ._errors import ParameterError
-from ._inputs import prepare_inputs, resolve_targets
-from ._progress import Progress, current_display, format_duration, metering
-from ._targets import SCORE_TARGET, TargetScore, is_score, masked_scores, target_rows
+from ._inputs import class_targets, prepare_inputs
+from ._progress import Meter, Progress, current_display, format_duration, metering
+from ._targets import SCORE_TARGET, TargetScore, is_score, masked_scores
 from .explanation import Explanation
 from .methods._base import Cost, Explainer, named_model_errors
 from .methods._registration import get_method
@@ -138,52 +140,98 @@ def explain(
     adapter = get_adapter(model)
     out_device = inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
     x, images = prepare_inputs(inputs, adapter, to_device=False)
-    device = adapter.device
-    with model_lock(adapter.model), preserved_state(adapter.model):
-        with named_model_errors(explainer):  # the clean forward, and the estimate of a long call
-            logits, per_forward = timed_logits(adapter, x)
-            names = adapter.class_names()
-            if is_score(target):
-                score = TargetScore(target)
-                goal: torch.Tensor | TargetScore = score
-                targets = torch.full((len(x),), SCORE_TARGET, dtype=torch.long)
-                targets = targets.to(logits.device)
-                class_names = [score.name] * len(x)
-            else:
-                goal = targets = resolve_targets(target, logits, adapter.num_classes, names)
-                class_names = [
-                    names[t] if names else adapter.class_name(t) for t in targets.tolist()
-                ]
-            probs = masked_scores(logits, goal)
-            cost = explainer.cost(adapter.geometry, (int(x.shape[-2]), int(x.shape[-1])))
-            display = current_display()
-            own = display is None
-            if display is None:
-                display = _display(explainer, adapter, x, cost, per_forward, progress)
-        try:
-            with metering(display, cost.forwards) as meter:
-                parts = []
-                for start in range(0, len(x), IMAGES_PER_CALL):
-                    part = x[start : start + IMAGES_PER_CALL]
-                    part_target = target_rows(goal, start, start + IMAGES_PER_CALL)
-                    with meter.part(len(part)):
-                        out = explainer.attribute(adapter, part.to(device), part_target)
-                    parts.append(out.to(out_device))
-                maps = torch.cat(parts)
-        finally:
-            if own:
-                display.close()
+    with model_lock(adapter.model), preserved_state(adapter.model), ExitStack() as stack:
+        names = adapter.class_names()
+        goals = _Goals.of(target, len(x), adapter.num_classes, names)
+        maps, targets, probs, class_names = [], [], [], []
+        meter: Meter | None = None
+        for start in range(0, len(x), IMAGES_PER_CALL):
+            # each group of images goes to the model's device once, for its clean forward
+            # and its explanation
+            part = x[start : start + IMAGES_PER_CALL].to(adapter.device)
+            with named_model_errors(explainer):  # the clean forward, and the estimate
+                logits, per_forward = timed_logits(adapter, part)
+                goal, part_targets = goals.rows(start, logits)
+                probs.append(masked_scores(logits, goal).to(out_device))
+                if meter is None:
+                    cost = explainer.cost(adapter.geometry, (int(x.shape[-2]), int(x.shape[-1])))
+                    display = current_display()
+                    if display is None:
+                        display = _display(explainer, adapter, x, cost, per_forward, progress)
+                        stack.callback(display.close)
+                    meter = stack.enter_context(metering(display, cost.forwards))
+            with meter.part(len(part)):
+                out = explainer.attribute(adapter, part, goal)
+            maps.append(out.to(out_device))
+            targets.append(part_targets.to(out_device))
+            class_names += goals.names(part_targets, names, adapter)
     return Explanation(
-        map=maps.detach(),
+        map=torch.cat(maps).detach(),
         method=explainer.name,
-        targets=targets.to(out_device),
-        probabilities=probs.to(out_device),
+        targets=torch.cat(targets),
+        probabilities=torch.cat(probs),
         params=explainer.params(),
         input_size=(int(x.shape[-2]), int(x.shape[-1])),
         inputs=x.detach().to(out_device),
         images=images,
         class_names=class_names,
     )
+
+
+def explain_maps(
+    explainer: Explainer, adapter: Any, x: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """The maps of ``x`` (on the model's device) for class ``target`` (B,), without the clean
+    forward :func:`explain` runs for its probabilities and default targets: for a caller
+    that knows both already (the benchmark, whose explanation time then counts only the
+    method's own work). Groups of :data:`IMAGES_PER_CALL` images report to the current
+    progress display, if any."""
+    with model_lock(adapter.model), preserved_state(adapter.model):
+        cost = explainer.cost(adapter.geometry, (int(x.shape[-2]), int(x.shape[-1])))
+        display = current_display() or Progress(len(x), desc="", enabled=False)
+        with metering(display, cost.forwards) as meter:
+            parts = []
+            for start in range(0, len(x), IMAGES_PER_CALL):
+                stop = start + IMAGES_PER_CALL
+                with meter.part(len(x[start:stop])):
+                    parts.append(explainer.attribute(adapter, x[start:stop], target[start:stop]))
+    return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class _Goals:
+    """What :func:`explain` explains, resolved once for all its images: a score function,
+    class indices, or (``fixed`` None) each image's predicted class."""
+
+    fixed: torch.Tensor | TargetScore | None
+
+    @classmethod
+    def of(cls, target: Any, n: int, num_classes: int, names: Any) -> _Goals:
+        if is_score(target):
+            return cls(TargetScore(target))
+        if target is None:
+            return cls(None)
+        return cls(class_targets(target, n, num_classes, names))
+
+    def rows(
+        self, start: int, logits: torch.Tensor
+    ) -> tuple[torch.Tensor | TargetScore, torch.Tensor]:
+        """The goal of the images from ``start`` whose clean logits are ``logits``, and
+        their entries of ``Explanation.targets``."""
+        n = logits.shape[0]
+        if isinstance(self.fixed, TargetScore):
+            return self.fixed, torch.full((n,), SCORE_TARGET, dtype=torch.long)
+        if self.fixed is None:
+            goal = logits.argmax(dim=-1)
+        else:
+            goal = self.fixed[start : start + n].to(logits.device)
+        return goal, goal
+
+    def names(self, targets: torch.Tensor, names: Any, adapter: Any) -> list[str]:
+        """The class name of each target (the score function's name for a score)."""
+        if isinstance(self.fixed, TargetScore):
+            return [self.fixed.name] * len(targets)
+        return [names[t] if names else adapter.class_name(t) for t in targets.tolist()]
 
 
 def timed_logits(adapter: Any, x: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -14,7 +14,7 @@ import torch
 from .._errors import InvalidInputError, ModelOutputError
 from .._inputs import as_image
 from .._progress import Progress, reporting_to
-from ..api import explain
+from ..api import explain_maps
 from ..methods._base import Explainer
 from ..metrics._base import Metric
 from ..models import model_lock, preserved_state
@@ -105,13 +105,15 @@ class PreparedBatch:
             if type(explainer).randomized:
                 maps = torch.cat([self._seeded_map(adapter, explainer, i) for i in indices])
             else:
-                maps = explain(explainer, adapter, xs, target=ts).map
+                maps = explain_maps(explainer, adapter, xs, ts)
         _sync(adapter)
         elapsed = time.perf_counter() - t0
         boxes = [self.boxes[i] for i in indices]
         seeds = [self.seeds[i] for i in indices]
         results = [
             metric(adapter, xs, ts, maps, boxes, seeds=seeds, explainer=explainer)
+            if metric.needs_explainer
+            else metric(adapter, xs, ts, maps, boxes, seeds=seeds)
             for metric in metrics
         ]
         return [
@@ -136,7 +138,7 @@ class PreparedBatch:
     def _seeded_map(self, adapter: ModelAdapter, explainer: Explainer, i: int) -> torch.Tensor:
         """The map of image ``i`` by ``explainer`` made with the image's own seed."""
         seeded = type(explainer).create(**{**explainer.params(), "seed": self.seeds[i]})
-        return explain(seeded, adapter, self.x[i : i + 1], target=self.targets[i : i + 1]).map
+        return explain_maps(seeded, adapter, self.x[i : i + 1], self.targets[i : i + 1])
 
 
 def _checked_label(sample: Any, num_classes: int) -> int:

@@ -16,7 +16,7 @@ from torch import nn
 from .._configurable import Configurable
 from .._constraints import check_param
 from .._errors import InvalidInputError, ModelOutputError, UnsupportedModelError, XvitError
-from .._forward import FORWARD_CONSTRAINTS
+from .._forward import FORWARD_CONSTRAINTS, backing_off
 from .._targets import Target, TargetScore, is_score
 from ..models import get_adapter, model_lock, preserved_state
 from ..models._base import Geometry, ModelAdapter
@@ -162,7 +162,9 @@ class Explainer(Configurable, ABC):
         targets and the model's capabilities (``needs_attention``), then runs
         :meth:`compute` holding the model's lock, with the model in eval mode and every
         module's mode, ``requires_grad`` and ``.grad`` restored afterwards, also when it
-        raises. A :class:`~xvit.ModelOutputError` is raised again with the method's name in
+        raises. Under ``batch_size="auto"`` a CUDA out-of-memory error halves the batch and
+        runs :meth:`compute` again (see :func:`xvit._forward.backing_off`). A
+        :class:`~xvit.ModelOutputError` is raised again with the method's name in
         front (the model's own error stays chained); maps with NaN or inf, or of the wrong
         shape or device, are refused. :func:`xvit.explain` adds input preparation, target
         resolution, grouping and progress around it.
@@ -185,8 +187,13 @@ class Explainer(Configurable, ABC):
             named_model_errors(self),
         ):
             # a TargetScore reaches only the methods that declare score_targets (and widen
-            # compute's target to xvit._targets.Target)
-            maps = self.compute(adapter, inputs, target)  # type: ignore[arg-type]
+            # compute's target to xvit._targets.Target); an "auto" batch shrinks on OOM
+            maps = backing_off(
+                lambda: self.compute(adapter, inputs, target),  # type: ignore[arg-type]
+                adapter.device,
+                getattr(self, "batch_size", None) or 1,
+                self.name,
+            )
         _check_maps(self, maps, inputs)
         return maps
 

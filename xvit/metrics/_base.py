@@ -20,6 +20,7 @@ import torch
 from .._configurable import Configurable
 from .._constraints import OneOf, check_param
 from .._errors import InvalidInputError, ParameterError
+from .._forward import backing_off
 from .._inputs import resolve_targets
 from .._seeds import derive_seed, resolve_seed
 from ..explanation import Explanation
@@ -254,7 +255,10 @@ class Metric(Configurable, ABC):
             return self.score(Batch(x, saliency, image_seeds, boxes=boxes, explainer=method))
         with model_lock(adapter.model), preserved_state(adapter.model):
             target = model_targets(adapter, x, y_batch)
-            return self.score(Batch(x, saliency, image_seeds, adapter, target, boxes, method))
+            batch = Batch(x, saliency, image_seeds, adapter, target, boxes, method)
+            # an "auto" batch_size shrinks on out-of-memory errors (xvit._forward)
+            auto = getattr(self, "batch_size", None) or 1
+            return backing_off(lambda: self.score(batch), adapter.device, auto, self.name)
 
     def _explainer(self, explainer: Explainer | str | None) -> Explainer | None:
         """The method a metric that explains again runs (None for the others)."""

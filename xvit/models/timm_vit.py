@@ -11,6 +11,7 @@ from torch import nn
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, QKVSource, inherits, pair
 from ._family import Family, FamilyAdapter, fused_attn_off, tensor_or_none
+from ._guard import has_hooks
 from ._labels import timm_class_names
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
 
@@ -81,8 +82,13 @@ def _prefix_rows_logits(model: Any, x: torch.Tensor) -> torch.Tensor | None:
     prefix tokens (``global_pool='token'``, distilled heads), the last block computes
     attention and MLP for those rows alone; keys and values still come from every token.
     Saves about (N - T) / N of one block; same logits up to float rounding. None when a
-    subclass, training mode or a non-standard last block makes it inexact."""
+    subclass, training mode or a non-standard last block makes it inexact, or when a hook or
+    a replaced ``forward`` sits where the shortcut would skip it or feed it other rows (the
+    model itself, the last block and its parts, the final norm): the plain forward runs
+    them as the user expects."""
     if not _prefix_only_head(model):
+        return None
+    if has_hooks([model, model.norm, *model.blocks[-1].modules()]):
         return None
     h = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
     blocks = list(model.blocks)
