@@ -8,9 +8,15 @@ and reports explanations per second, peak memory, the speed-up over the faithful
 (benchmarks/faithful_gradmask.py: one image at a time, fp32, eager attention, all of an image's
 masked copies in one forward) and, on CUDA, the fraction of the measured bf16 matmul roofline.
 
+On CPU it also reports (benchmarks/speed_work.py, speed_memory.py): xvit's time against the
+irreducible work of GradMask, RISE and ViT-CX (ratio >= 0.95 means no overhead over it), every
+method batched against one image at a time, and every method's peak memory between 10 and
+1,000 images (and 1,000 and 16,000 masks where a method counts masks).
+
     python benchmarks/bench_speed.py                 # CPU part (a few minutes on 2 cores)
     python benchmarks/bench_speed.py --gpu-only      # CUDA part only
     python benchmarks/bench_speed.py --quick         # smaller sizes, for a smoke run
+    python benchmarks/bench_speed.py --only work,batching,memory --md out.md
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xvit
 from faithful_gradmask import faithful_gradmask
+from speed_memory import memory_rows
+from speed_work import batching_rows, irreducible_rows
+
+#: The CPU sections, in the order they run (``--only`` picks some).
+SECTIONS = ("speed", "work", "batching", "memory")
 
 
 def vit_forward_flops(model: torch.nn.Module) -> float:
@@ -183,70 +193,64 @@ def bench_case(
 
 
 def memory_scaling(device: torch.device, small: int, large: int) -> dict[str, Any]:
-    """Peak memory of a `large`-image GradMask job over a `small`-image one, same batch_size.
-
-    The images live in host memory, as they do when they come from files or a data loader;
-    xvit moves them to the device one group at a time. On CUDA the peak is the job's device
-    memory (the model's weights included); on CPU it is the peak RSS of a fresh process, which
-    also counts the images themselves.
-    """
-    if device.type == "cuda":
-        model = build("vit_base_patch16_224", device, num_classes=1000)
-        peaks = {}
-        for n in (small, large):
-            x = torch.randn(n, 3, 224, 224)
-            torch.cuda.empty_cache()
-            _, _, peaks[n] = timed(
-                lambda x=x: xvit.explain("gradmask", model, x, batch_size=128, precision="bf16"),
-                device,
-            )
-        peak_small, peak_large = peaks[small], peaks[large]
-    else:  # CPU: max RSS of fresh processes
-
-        def rss(n: int) -> float:
-            code = (
-                "import torch, timm, xvit\n"
-                "torch.manual_seed(0)\n"
-                "m = timm.create_model('vit_tiny_patch16_224', img_size=64, patch_size=8,"
-                " num_classes=10).eval()\n"
-                f"x = torch.randn({n}, 3, 64, 64)\n"
-                "xvit.explain('gradmask', m, x, batch_size=64)\n"
-                # VmHWM: this process's peak RSS (ru_maxrss would carry over the parent's
-                # peak through fork + exec)
-                "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-                "print(int(hwm.split()[1]) * 1024)\n"
-            )
-            out = subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True
-            )
-            return float(out.stdout.strip().splitlines()[-1])
-
-        peak_small, peak_large = rss(small), rss(large)
+    """Peak CUDA memory of a `large`-image GradMask job over a `small`-image one, same
+    batch_size (the model's weights included). The images live in host memory, as they do
+    when they come from files or a data loader; xvit moves them to the device one group at a
+    time. (On CPU, speed_memory.py measures every method in fresh processes.)"""
+    model = build("vit_base_patch16_224", device, num_classes=1000)
+    peaks = {}
+    for n in (small, large):
+        x = torch.randn(n, 3, 224, 224)
+        torch.cuda.empty_cache()
+        _, _, peaks[n] = timed(
+            lambda x=x: xvit.explain("gradmask", model, x, batch_size=128, precision="bf16"),
+            device,
+        )
     return dict(
         device=str(device),
         small_images=small,
         large_images=large,
-        peak_small_mb=peak_small / 2**20,
-        peak_large_mb=peak_large / 2**20,
-        ratio=peak_large / peak_small,
+        peak_small_mb=peaks[small] / 2**20,
+        peak_large_mb=peaks[large] / 2**20,
+        ratio=peaks[large] / peaks[small],
     )
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    cols = [
-        "case",
-        "method",
-        "precision",
-        "images",
-        "expl_per_s",
-        "speedup",
-        "peak_mb",
-        "tflops",
-        "roofline_fraction",
-        "max_rel_diff_vs_baseline",
-    ]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
+SPEED_COLUMNS = [
+    "case",
+    "method",
+    "precision",
+    "images",
+    "expl_per_s",
+    "speedup",
+    "peak_mb",
+    "tflops",
+    "roofline_fraction",
+    "max_rel_diff_vs_baseline",
+]
+WORK_COLUMNS = [
+    "case",
+    "method",
+    "images",
+    "masked_images_per_image",
+    "xvit_s",
+    "irreducible_s",
+    "ratio_vs_irreducible",
+    "speedup_vs_authors_style",
+]
+BATCHING_COLUMNS = [
+    "method",
+    "images",
+    "batched_s_per_image",
+    "one_at_a_time_s_per_image",
+    "batched_gain",
+]
+MEMORY_COLUMNS = ["method", "work", "small", "large", "peak_small_mb", "peak_large_mb", "ratio"]
+
+
+def markdown_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    """``rows`` as a markdown table of ``cols`` (3 significant digits)."""
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []
         for c in cols:
@@ -255,7 +259,93 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 cells.append("")
             else:
                 cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
-        print("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(markdown_table(rows, SPEED_COLUMNS))
+
+
+def available_methods() -> list[str]:
+    """Every registered method that can run here (an optional dependency may be missing)."""
+    out = []
+    for name in xvit.list_methods():
+        check = getattr(xvit.get_method(name), "available", None)
+        if check is None or check():
+            out.append(name)
+    return out
+
+
+def quick(method: str) -> dict[str, Any]:
+    cls = xvit.get_method(method)
+    return {**cls.quick_params, **({"seed": 0} if cls.randomized else {})}
+
+
+def cpu_work_sections(
+    sections: set[str], quick_run: bool, extra: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """The irreducible-work, batching and memory tables on CPU."""
+    cpu = torch.device("cpu")
+    out: dict[str, list[dict[str, Any]]] = {}
+    model = embedded_model(cpu)
+    geo = xvit.get_adapter(model).geometry
+    x = torch.randn(64, geo.in_chans, *geo.image_size, generator=torch.Generator().manual_seed(0))
+    if "work" in sections:
+        n = 16 if quick_run else 64
+        with torch.no_grad():
+            targets = model(x[:n]).argmax(-1)
+        rows = irreducible_rows(
+            "embedded ViT, CPU",
+            model,
+            x[:n],
+            {"gradmask": {}},
+            batch_size=64,
+            rounds=3 if quick_run else 5,
+            baseline=lambda: faithful_gradmask(model, x[:n], targets),
+        )
+        rows += irreducible_rows(
+            "embedded ViT, CPU",
+            model,
+            x[: max(2, n // 8)],
+            {"rise": {"num_masks": 1000, "seed": 0}, "vitcx": {}},
+            batch_size=64,
+            rounds=3,
+        )
+        out["work"] = rows
+        print(markdown_table(rows, WORK_COLUMNS), flush=True)
+    if "batching" in sections:
+        rows = batching_rows(
+            "embedded ViT, CPU",
+            model,
+            x[: 4 if quick_run else 16],
+            {m: quick(m) for m in available_methods()},
+            rounds=2 if quick_run else 3,
+        )
+        out["batching"] = rows
+        print(markdown_table(rows, BATCHING_COLUMNS), flush=True)
+    if "memory" in sections:
+        methods = available_methods()
+        out["memory"] = memory_rows(methods, 10, 100 if quick_run else 1000)
+        print(markdown_table(out["memory"], MEMORY_COLUMNS), flush=True)
+    extra.update({f"cpu_{k}": v for k, v in out.items()})
+    return out
+
+
+def write_markdown(path: Path, rows: list[dict[str, Any]], tables: dict[str, list]) -> None:
+    """The tables of a run as one markdown file (the README's speed section quotes it)."""
+    parts = [f"# bench_speed.py results ({torch.__version__}, {time.strftime('%Y-%m-%d')})"]
+    if rows:
+        parts += ["## Explanations per second and speed-up", markdown_table(rows, SPEED_COLUMNS)]
+    titles = {
+        "work": ("## Against the irreducible work", WORK_COLUMNS),
+        "batching": ("## Batched against one image at a time", BATCHING_COLUMNS),
+        "memory": ("## Peak memory against the amount of work (VmHWM)", MEMORY_COLUMNS),
+    }
+    for key, (title, cols) in titles.items():
+        if key in tables:
+            parts += [title, markdown_table(tables[key], cols)]
+    path.write_text("\n\n".join(parts) + "\n")
 
 
 def main() -> None:
@@ -265,12 +355,23 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (CPU and CUDA)")
     ap.add_argument("--memory-only", action="store_true", help="only the CUDA memory-scaling check")
     ap.add_argument("--json", type=Path, default=None, help="write all rows to this file")
+    ap.add_argument("--md", type=Path, default=None, help="write the tables to this file")
+    ap.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated CPU sections to run, of {', '.join(SECTIONS)}",
+    )
     args = ap.parse_args()
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    tables: dict[str, list[dict[str, Any]]] = {}
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {"torch": torch.__version__, "timm": timm.__version__}
     cpu = torch.device("cpu")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    if not args.gpu_only:
+    if not args.gpu_only and "speed" in sections:
         n = 16 if args.quick else 64
         embedded = embedded_model(cpu)
         rows += bench_case(
@@ -324,7 +425,8 @@ def main() -> None:
             batch_size=32,
             repeats=2,
         )
-        extra["memory_cpu"] = memory_scaling(cpu, 10, 100 if args.quick else 1000)
+    if not args.gpu_only and not args.memory_only:
+        tables = cpu_work_sections(sections, args.quick, extra)
     if args.memory_only and torch.cuda.is_available():
         extra["memory_cuda"] = memory_scaling(torch.device("cuda"), 10, 1000)
         print("memory:", json.dumps(extra["memory_cuda"]), flush=True)
@@ -374,6 +476,8 @@ def main() -> None:
     print(json.dumps(extra, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, **extra}, indent=1))
+    if args.md:
+        write_markdown(args.md, rows, tables)
 
 
 if __name__ == "__main__":

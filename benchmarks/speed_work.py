@@ -1,0 +1,178 @@
+"""How close xvit comes to the work a method cannot avoid, and whether batching ever costs.
+
+Two measurements for ``bench_speed.py``, each in interleaved rounds (best kept: this machine
+is shared and drifts, and a ratio of two timings from the same rounds survives that):
+
+* ``irreducible_rows``: for GradMask, RISE and ViT-CX, xvit's time (``xvit.explain``, its own
+  clean forward included) against the **irreducible work** of the same images: one plain
+  batched forward+backward of the images (a plain forward for a method without gradients),
+  plus one plain batched forward of every masked image the method asks for (no
+  deduplication, no last-block shortcut; the masked images' content does not change the
+  time, so one batch of them is reused). ``ratio = irreducible / xvit``: 1 means xvit does
+  no work beyond it, above 1 that its savings (identical masks, the last-block shortcut)
+  beat the plain path.
+* ``batching_rows``: every registered method on a batch of images in one call against the
+  same images one call at a time; ``batched_gain`` = one-at-a-time seconds / batched seconds
+  (at least 1: batching never costs per image).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+import xvit
+import xvit.methods._scoring as scoring
+
+
+def best_of(jobs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """The best seconds of each job over ``rounds`` interleaved rounds."""
+    best = dict.fromkeys(jobs, float("inf"))
+    for _ in range(rounds):
+        for name, job in jobs.items():
+            t0 = time.perf_counter()
+            job()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+@contextmanager
+def counting_masked_forwards() -> Iterator[list[int]]:
+    """Count the masked images the shared mask-scoring kernel forwards in the block."""
+    counted = [0]
+    original = scoring.count_forwards
+
+    def count(n: int) -> None:
+        counted[0] += n
+        original(n)
+
+    scoring.count_forwards = count
+    try:
+        yield counted
+    finally:
+        scoring.count_forwards = original
+
+
+def masked_images(method: str, model: torch.nn.Module, x: torch.Tensor, params: dict) -> int:
+    """The masked images ``method`` asks the model for on ``x``, before any deduplication:
+    the mask count it declares (``Cost.forwards``) where that count is exact or an upper
+    bound reached before deduplication (GradMask's K masks per image), otherwise the masked
+    forwards the kernel makes (ViT-CX's data-dependent number of clusters)."""
+    explainer = xvit.make_explainer(method, **params)
+    geo = xvit.get_adapter(model).geometry
+    cost = explainer.cost(geo, (int(x.shape[-2]), int(x.shape[-1])))
+    if method == "gradmask":
+        return cost.forwards * len(x)
+    if not cost.at_most:
+        return cost.forwards * len(x)
+    with counting_masked_forwards() as counted:
+        xvit.explain(explainer, model, x)
+    return counted[0]
+
+
+def plain_gradient_pass(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Forward and backward of the top logit of each image, ``batch_size`` images at a time:
+    gradients of the activations only (no weight gradients are asked for)."""
+    for part in x.split(batch_size):
+        inp = part.detach().requires_grad_(True)
+        score = model(inp).max(dim=-1).values.sum()
+        torch.autograd.grad(score, inp)
+
+
+def plain_forwards(model: torch.nn.Module, x: torch.Tensor, total: int, batch_size: int) -> None:
+    """``total`` plain forwards in batches of ``batch_size`` (copies of ``x``'s first image:
+    the content of a masked image does not change the time of its forward)."""
+    chunk = x[:1].expand(batch_size, *x.shape[1:]).contiguous()
+    with torch.inference_mode():
+        for start in range(0, total, batch_size):
+            model(chunk[: min(batch_size, total - start)])
+
+
+def irreducible_rows(
+    label: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    methods: dict[str, dict[str, Any]],
+    *,
+    batch_size: int,
+    rounds: int,
+    baseline: Callable[[], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """xvit against the irreducible work, per method (see the module docstring); with
+    ``baseline`` (the authors-style per-image GradMask) its time too, in the same rounds."""
+    jobs: dict[str, Callable[[], Any]] = {}
+    counts = {}
+    for method, params in methods.items():
+        p = {"batch_size": batch_size, **params}
+        counts[method] = masked_images(method, model, x, p)
+        grads = xvit.get_method(method).needs_gradients
+
+        def plain(method: str = method, grads: bool = grads) -> None:
+            if grads:
+                plain_gradient_pass(model, x, batch_size)
+            else:
+                plain_forwards(model, x, len(x), batch_size)
+            plain_forwards(model, x, counts[method], batch_size)
+
+        xvit.explain(method, model, x[:1], **p)  # warm-up outside the timing
+        jobs[f"{method}: xvit"] = lambda method=method, p=p: xvit.explain(method, model, x, **p)
+        jobs[f"{method}: irreducible"] = plain
+    if baseline is not None:
+        jobs["gradmask: authors-style"] = baseline
+    best = best_of(jobs, rounds)
+    rows = []
+    n = len(x)
+    for method in methods:
+        ours, plain_s = best[f"{method}: xvit"], best[f"{method}: irreducible"]
+        row = {
+            "case": label,
+            "method": method,
+            "images": n,
+            "masked_images_per_image": counts[method] / n,
+            "xvit_s": ours,
+            "irreducible_s": plain_s,
+            "ratio_vs_irreducible": plain_s / ours,
+        }
+        if baseline is not None and method == "gradmask":
+            row["authors_style_s"] = best["gradmask: authors-style"]
+            row["speedup_vs_authors_style"] = best["gradmask: authors-style"] / ours
+        rows.append(row)
+    return rows
+
+
+def batching_rows(
+    label: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    methods: dict[str, dict[str, Any]],
+    *,
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Each method on ``x`` in one call against one image per call, in the same rounds."""
+    jobs: dict[str, Callable[[], Any]] = {}
+    for method, params in methods.items():
+        xvit.explain(method, model, x[:1], **params)  # warm-up
+
+        def one_by_one(method: str = method, params: dict = params) -> None:
+            for i in range(len(x)):
+                xvit.explain(method, model, x[i : i + 1], **params)
+
+        jobs[f"{method}: batched"] = lambda m=method, p=params: xvit.explain(m, model, x, **p)
+        jobs[f"{method}: one at a time"] = one_by_one
+    best = best_of(jobs, rounds)
+    return [
+        {
+            "case": label,
+            "method": method,
+            "images": len(x),
+            "params": params,
+            "batched_s_per_image": best[f"{method}: batched"] / len(x),
+            "one_at_a_time_s_per_image": best[f"{method}: one at a time"] / len(x),
+            "batched_gain": best[f"{method}: one at a time"] / best[f"{method}: batched"],
+        }
+        for method, params in methods.items()
+    ]
