@@ -15,6 +15,7 @@ from ..methods._base import Explainer
 from ..metrics._base import Metric
 from ..models._base import ModelAdapter
 from ._batch import PreparedBatch
+from ._compare import compare
 from ._config import BenchConfig
 from ._distributed import (
     RankFailedError,
@@ -274,7 +275,9 @@ class RankRun:
         ]
         summaries = summarize(selected, self.method_names, self.metric_names)
         higher = {m.name: m.higher_is_better for m in self.metrics}
-        table = markdown_table(summaries, self.metric_names, higher, self.notes)
+        means = {s.method: {k: e.mean for k, e in s.metrics.items()} for s in summaries}
+        comparisons = compare(selected, means, higher)
+        table = markdown_table(summaries, self.metric_names, higher, self.notes, comparisons)
         if self.config.progress:
             print(table)
         results = BenchmarkResults(settings, selected, summaries, table, self.fractions)
@@ -283,9 +286,10 @@ class RankRun:
             results.files["run"] = out / CONFIG_FILE
             (out / "table.md").write_text(table + "\n", encoding="utf-8")
             results.files["table"] = out / "table.md"
-            write_csv(out / "summary.csv", summaries, self.metric_names, higher)
+            write_csv(out / "summary.csv", summaries, self.metric_names, higher, comparisons)
             results.files["csv"] = out / "summary.csv"
-            write_json(out / "summary.json", summary_dict(summaries, self.fractions, settings))
+            summary = summary_dict(summaries, self.fractions, settings, comparisons)
+            write_json(out / "summary.json", summary)
             results.files["json"] = out / "summary.json"
             if plot_curves(out / "curves.png", summaries, self.fractions):
                 results.files["curves"] = out / "curves.png"
