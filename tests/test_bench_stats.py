@@ -13,6 +13,7 @@ import test_bench
 import torch
 from click.testing import CliRunner
 from test_bench import Counting, fake_dataset, lines
+from test_distributed import _run, _torchrun, needs_gloo
 
 import xvit
 from xvit._fingerprint import state_dict_hash
@@ -273,3 +274,23 @@ def test_cli_save_maps_and_no_resume_moves_them_aside(bench_args, tmp_path: Path
     result = CliRunner().invoke(bench_command, [*args, "--no-resume"])
     assert result.exit_code == 0, result.output
     assert not (out / "maps").exists() and list(out.glob("maps-*/random.safetensors"))
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_two_ranks_save_the_maps_a_single_process_saves(tmp_path: Path) -> None:
+    args = ["bench", "--model", "xvit:digits-vit", "--data", "digits", "-n", "4"]
+    args += ["--methods", "random,rollout", "--metrics", "insertion", "--images-per-call", "1"]
+    proc = _run(_torchrun(2, "-m", "xvit", *args, "--save-maps", "--out", str(tmp_path / "d")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from xvit.cli import main
+
+    single = CliRunner().invoke(main, [*args, "--save-maps", "--out", str(tmp_path / "s")])
+    assert single.exit_code == 0, single.output
+    for method in ("random", "rollout"):
+        two = xvit.load_explanation(tmp_path / "d" / "maps" / f"{method}.safetensors")
+        one = xvit.load_explanation(tmp_path / "s" / "maps" / f"{method}.safetensors")
+        assert two.ids == one.ids and len(two.ids) == 4
+        assert torch.allclose(two.map, one.map, atol=1e-6)
+        assert torch.equal(two.targets, one.targets)
+    assert not (tmp_path / "d" / "maps" / ".parts").exists()
