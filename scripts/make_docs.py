@@ -5,6 +5,9 @@ markers; everything outside them is written by hand and left alone. What is gene
 
 - ``README.md`` and ``docs/index.md``, key ``methods``: the table of built-in methods with their
   one-line summaries and papers;
+- ``docs/metrics.md``, key ``metrics``: the built-in metrics with their class and functional
+  twin, direction, what they need, their ``cost`` and whether the ``default`` metric set
+  (``xvit bench``, ``xvit demo``) runs them or they are ``expensive`` (``--metrics all``);
 - ``docs/adapters.md``, key ``families``: the built-in adapters in lookup order with the models
   they read, and which methods each can run (the adapter's ``capabilities`` cover the method's
   ``capabilities_needed()``);
@@ -126,6 +129,43 @@ def methods_table(link_prefix: str) -> str:
     return "\n".join(lines)
 
 
+def builtin_metrics() -> list[type]:
+    """The metrics xvit itself ships, in name order."""
+    from xvit.metrics import get_metric, list_metrics
+
+    classes = [get_metric(name) for name in list_metrics()]
+    return [c for c in classes if c.__module__.startswith("xvit.metrics.")]
+
+
+def metrics_table() -> str:
+    """The table of built-in metrics: class and twin, direction, needs, cost, default set."""
+    import xvit.metrics.functional as functional
+
+    lines = ["| metric | class / function | better | needs | cost | runs |", "|---" * 6 + "|"]
+    for cls in builtin_metrics():
+        twin = f"`{cls.name}`" if hasattr(functional, cls.name) else "-"
+        needs = [
+            text
+            for flag, text in (
+                (cls.needs_model, "the model"),
+                (cls.needs_boxes, "ground-truth boxes"),
+                (cls.needs_explainer, "the method (explains again)"),
+            )
+            if flag
+        ]
+        runs = "only by name or `all` (expensive)" if cls.expensive else "`default`"
+        cells = [
+            f"`{cls.name}`",
+            f"`{cls.__name__}` / {twin}",
+            "higher" if cls.higher_is_better else "lower",
+            ", ".join(needs) or "the maps only",
+            _cell(cls.cost or "not stated"),
+            runs,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def builtin_adapters() -> list[tuple[str, type[xvit.ModelAdapter]]]:
     """(registered name, class) of the adapters xvit ships, in the order lookup asks them."""
     order = {cls: i for i, cls in enumerate(adapter_order())}
@@ -182,6 +222,8 @@ def planned(root: Path = ROOT) -> dict[Path, str]:
         out[path] = replace_block(path.read_text(), "methods", methods_table(prefix), path)
     path = root / "docs" / "adapters.md"
     out[path] = replace_block(path.read_text(), "families", families_table(), path)
+    path = root / "docs" / "metrics.md"
+    out[path] = replace_block(path.read_text(), "metrics", metrics_table(), path)
     for cls in builtin_methods():
         path = root / "docs" / "methods" / f"{cls.name}.md"
         text = path.read_text() if path.exists() else new_page(cls)

@@ -59,3 +59,34 @@ def test_list_columns_align_per_section_and_text_is_plain(long_entries) -> None:
     methods = sections["methods"]
     assert len(methods) == 2 * len(xvit.list_methods())  # one line each plus its paper
     assert any("paper: Someone, A Marked Paper, 2024" in line for line in sections["datasets"])
+
+
+def test_list_metrics_marks_the_expensive_ones_with_their_cost() -> None:
+    from xvit.metrics import Metric, MetricResult, get_metric, list_metrics, metrics
+
+    class Costly(Metric):
+        """Scores each map by explaining it again many times."""
+
+        name = "costly-example"
+        expensive = True
+        cost = "one explanation per randomised layer and image."
+        paper = "None (a test)"
+
+        def score(self, batch):
+            return MetricResult(self.name, batch.saliency.flatten(1).amax(1).double())
+
+    metrics.register("costly-example", Costly)
+    try:
+        result = CliRunner().invoke(main, ["list", "metrics"])
+    finally:
+        metrics.unregister("costly-example")
+    assert result.exit_code == 0, result.output
+    sections = _sections(result.output)
+    assert list(sections) == ["metrics"]  # only the section asked for
+    entries = {line.split()[0]: line for line in sections["metrics"] if line[2] != " "}
+    assert entries["costly-example"].endswith(
+        "Expensive, runs only when named or with --metrics all: one explanation per "
+        "randomised layer and image."
+    )
+    for name in list_metrics():
+        assert ("Expensive" in entries[name]) == get_metric(name).expensive, name

@@ -23,7 +23,7 @@ from ._errors import (
 )
 from ._inputs import load_image
 from .api import explain, make_explainer
-from .explanation import Explanation
+from .explanation import Explanation, load_explanation
 from .methods import (
     Explainer,
     get_method,
@@ -75,6 +75,7 @@ __all__ = [
     "hook_counts",
     "list_methods",
     "load_checkpoint",
+    "load_explanation",
     "load_image",
     "load_model",
     "make_explainer",

@@ -24,10 +24,21 @@ def main(debug: bool) -> None:
     """xvit: explain the decisions of Vision Transformers."""
 
 
+#: What ``xvit list SECTION`` may name, and the section's title.
+LIST_SECTIONS = {
+    "methods": "methods",
+    "metrics": "metrics",
+    "datasets": "datasets",
+    "aliases": "model aliases",
+}
+
+
 @main.command("list")
+@click.argument("section", required=False, type=click.Choice(list(LIST_SECTIONS)))
 @handle_errors
-def list_cmd() -> None:
-    """List explanation methods (with their papers), metrics, datasets and model aliases."""
+def list_cmd(section: str | None) -> None:
+    """List explanation methods (with their papers), metrics (the expensive ones marked,
+    with their cost), datasets and model aliases; SECTION lists only one of them."""
     from . import method_registry, model_aliases
 
     sections: list[tuple[str, list[tuple[str, str, str]]]] = [
@@ -42,6 +53,8 @@ def list_cmd() -> None:
         shown = spec if not Path(spec).is_absolute() else f"(shipped) {Path(spec).name}"
         aliases.append((name, shown, ""))
     sections.append(("model aliases", aliases))
+    if section is not None:
+        sections = [s for s in sections if s[0] == LIST_SECTIONS[section]]
     for title, rows in sections:
         click.echo(f"{title}:")
         width = max((len(name) for name, _, _ in rows), default=0)
@@ -52,10 +65,15 @@ def list_cmd() -> None:
 
 
 def _summary_and_paper(obj: Any) -> tuple[str, str]:
-    """A registry entry's one-line summary (else its docstring's first line) and paper."""
+    """A registry entry's one-line summary (else its docstring's first line) and paper; an
+    expensive metric's summary ends with its cost and when it runs."""
     lines = (obj.__doc__ or "").strip().splitlines()
-    summary = getattr(obj, "summary", "") or (lines[0] if lines else "")
-    return str(summary), str(getattr(obj, "paper", "") or "")
+    summary = str(getattr(obj, "summary", "") or (lines[0] if lines else ""))
+    if getattr(obj, "expensive", False) is True:
+        cost = str(getattr(obj, "cost", "") or "").strip()
+        summary = summary.rstrip(".") + ". Expensive, runs only when named or with --metrics all"
+        summary += f": {cost}" if cost else "."
+    return summary, str(getattr(obj, "paper", "") or "")
 
 
 #: RST roles (``:class:`~xvit.Explanation```), RST literals (````x````) and Markdown code

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from .._errors import InvalidInputError, ModelOutputError
 from .._inputs import as_image
 from .._progress import Progress, reporting_to
 from ..api import explain_maps
+from ..explanation import Explanation
 from ..methods._base import Explainer
 from ..metrics._base import Metric
 from ..models import model_lock, preserved_state
@@ -89,9 +90,13 @@ class PreparedBatch:
         metrics: Sequence[Metric],
         indices: Sequence[int],
         bar: Progress,
+        on_maps: Callable[[Explanation], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Explain images ``indices`` with ``explainer`` (timed, metrics excluded), score the
         maps with every metric, and return one record per image.
+
+        ``on_maps`` receives the maps (with the images' ids, targets and probabilities) as
+        an :class:`~xvit.Explanation` before the metrics score them.
 
         A randomized method explains each image alone with the image's own seed, so that
         its map does not depend on the batch.
@@ -108,6 +113,8 @@ class PreparedBatch:
                 maps = explain_maps(explainer, adapter, xs, ts)
         _sync(adapter)
         elapsed = time.perf_counter() - t0
+        if on_maps is not None:
+            on_maps(self.explanation(explainer, indices, maps))
         boxes = [self.boxes[i] for i in indices]
         seeds = [self.seeds[i] for i in indices]
         results = [
@@ -134,6 +141,23 @@ class PreparedBatch:
             }
             for j, i in enumerate(indices)
         ]
+
+    def explanation(
+        self, explainer: Explainer, indices: Sequence[int], maps: torch.Tensor
+    ) -> Explanation:
+        """``maps`` of images ``indices`` with their ids, targets and the model's clean
+        probability of each target."""
+        sel = torch.tensor(list(indices), device=self.x.device)
+        targets = self.targets[sel]
+        return Explanation(
+            map=maps.detach().cpu(),
+            method=explainer.name,
+            targets=targets.cpu(),
+            probabilities=self.probabilities[sel, targets].cpu(),
+            params=explainer.params(),
+            input_size=(int(self.x.shape[-2]), int(self.x.shape[-1])),
+            ids=[str(self.samples[i].id) for i in indices],
+        )
 
     def _seeded_map(self, adapter: ModelAdapter, explainer: Explainer, i: int) -> torch.Tensor:
         """The map of image ``i`` by ``explainer`` made with the image's own seed."""

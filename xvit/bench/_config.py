@@ -41,6 +41,7 @@ class BenchConfig:
     progress: bool = True
     distributed: bool | None = None
     timeout: float = 3600.0
+    save_maps: bool = False
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -60,4 +61,5 @@ CONSTRAINTS: dict[str, Spec] = {
     "progress": Flag(),
     "distributed": Rule(Flag(), Literal(None, "from torchrun's environment")),
     "timeout": Rule(Real(low=0, low_open=True), note="it counts seconds"),
+    "save_maps": Flag(),
 }

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..viz import plot_curves as curves_figure
 from ..viz import plot_times
+from ._compare import MetricComparison, comparison_notes
 
 
 @dataclass
@@ -147,14 +148,29 @@ def _fmt(e: Estimate) -> str:
     return f"{e.mean:.3f} ± {e.half_width:.3f}"
 
 
+def _cell(e: Estimate, method: str, comparison: MetricComparison | None) -> str:
+    """A table cell: bold for the best mean, ``≈`` when not significantly different."""
+    text = _fmt(e)
+    if comparison is None:
+        return text
+    if method == comparison.best:
+        return f"**{text}**"
+    return f"{text} ≈" if comparison.same_as_best(method) else text
+
+
 def markdown_table(
     summaries: Sequence[MethodSummary],
     metrics: Sequence[str],
     higher_is_better: Mapping[str, bool],
     notes: Sequence[str] = (),
+    comparisons: Mapping[str, MetricComparison] | None = None,
 ) -> str:
     """Method x metric table: mean ± 95% CI half-width, then time and explanations/s; under
     it what the numbers are, then ``notes`` (the metrics' settings), one per line.
+
+    With ``comparisons`` (:func:`~xvit.bench._compare.compare`) the best mean of each metric
+    is bold, the means not significantly different from it carry ``≈``, a second table gives
+    the normalised scores (when the random baseline ran), and the notes say how.
 
     Example:
         >>> s = MethodSummary("m", images=1, time_s=0.5, metrics={"pg": estimate([1.0])})
@@ -166,16 +182,29 @@ def markdown_table(
         Mean ± half-width of the 95% Student-t ... (metrics excluded).
         pg: 4.3 px.
     """
+    comparisons = comparisons or {}
     arrows = {m: "↑" if higher_is_better.get(m, True) else "↓" for m in metrics}
     head = ["method", "n", *[f"{m} {arrows[m]}" for m in metrics], "time (s)", "expl/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for s in summaries:
-        cells = [s.method, str(s.images), *[_fmt(s.metrics[m]) for m in metrics]]
+        cells = [s.method, str(s.images)]
+        cells += [_cell(s.metrics[m], s.method, comparisons.get(m)) for m in metrics]
         cells += [f"{s.time_s:.2f}", f"{s.per_second:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    normalised = [m for m in metrics if m in comparisons and comparisons[m].normalized]
+    if normalised:
+        lines += ["", "Normalised (0 = random, 1 = best):", ""]
+        lines.append("| method | " + " | ".join(f"{m} {arrows[m]}" for m in normalised) + " |")
+        lines.append("|" + "|".join(["---"] * (len(normalised) + 1)) + "|")
+        for s in summaries:
+            values = [comparisons[m].normalized.get(s.method, math.nan) for m in normalised]
+            cells = ["n/a" if math.isnan(v) else f"{v:.2f}" for v in values]
+            lines.append(f"| {s.method} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Mean ± half-width of the 95% Student-t confidence interval over images; ")
     lines[-1] += "time is explanation wall time only (metrics excluded)."
+    if comparisons:
+        lines += comparison_notes(comparisons, [s.method for s in summaries])
     lines += [note for note in notes if note]
     return "\n".join(lines)
 
@@ -185,8 +214,10 @@ def write_csv(
     summaries: Sequence[MethodSummary],
     metrics: Sequence[str],
     higher_is_better: Mapping[str, bool],
+    comparisons: Mapping[str, MetricComparison] | None = None,
 ) -> None:
-    """One row per (method, metric)."""
+    """One row per (method, metric); with ``comparisons`` also the normalised mean and the
+    paired test against the metric's best method (empty cells where there is none)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -201,6 +232,12 @@ def write_csv(
                 "images",
                 "time_s",
                 "explanations_per_s",
+                "normalized",
+                "best",
+                "n_paired",
+                "p_vs_best",
+                "p_holm",
+                "same_as_best",
             ]
         )
         for s in summaries:
@@ -218,8 +255,22 @@ def write_csv(
                         s.images,
                         s.time_s,
                         s.per_second,
+                        *_test_cells(comparisons, m, s.method),
                     ]
                 )
+
+
+def _test_cells(
+    comparisons: Mapping[str, MetricComparison] | None, metric: str, method: str
+) -> list[Any]:
+    """The CSV cells of a method's normalised mean and its test against the best."""
+    comparison = (comparisons or {}).get(metric)
+    if comparison is None:
+        return [""] * 6
+    row = comparison.as_dict(method)
+    test = row["vs_best"] or {}
+    cells = [row["normalized"], row["best"], test.get("n"), test.get("p"), test.get("p_holm")]
+    return ["" if v is None else v for v in cells] + [test.get("same_as_best", "")]
 
 
 def _clean(value: Any) -> Any:
@@ -236,8 +287,13 @@ def summary_dict(
     summaries: Sequence[MethodSummary],
     fractions: Mapping[str, list[float]],
     config: Mapping[str, Any],
+    comparisons: Mapping[str, MetricComparison] | None = None,
 ) -> dict[str, Any]:
-    """Everything in the table plus mean curves and the run settings, JSON-ready."""
+    """Everything in the table plus mean curves and the run settings, JSON-ready; with
+    ``comparisons`` each metric entry adds ``normalized``, ``best`` and ``vs_best`` (the
+    paired test against the best method, None for the best itself), and ``comparisons``
+    gives each metric's best method, baseline mean and notes."""
+    comparisons = comparisons or {}
     methods = {}
     for s in summaries:
         methods[s.method] = {
@@ -245,12 +301,31 @@ def summary_dict(
             "time_s": s.time_s,
             "explanations_per_s": s.per_second,
             "metrics": {
-                m: {"mean": e.mean, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n}
+                m: {
+                    "mean": e.mean,
+                    "ci_low": e.ci_low,
+                    "ci_high": e.ci_high,
+                    "n": e.n,
+                    **(comparisons[m].as_dict(s.method) if m in comparisons else {}),
+                }
                 for m, e in s.metrics.items()
             },
             "mean_curves": s.curves,
         }
-    return _clean({"config": dict(config), "fractions": dict(fractions), "methods": methods})
+    data: dict[str, Any] = {"config": dict(config), "fractions": dict(fractions)}
+    data["methods"] = methods
+    if comparisons:
+        data["comparisons"] = {
+            m: {
+                "best": c.best,
+                "higher_is_better": c.higher_is_better,
+                "baseline": c.baseline,
+                "note": c.note,
+            }
+            for m, c in comparisons.items()
+        }
+        data["statistics"] = comparison_notes(comparisons, list(methods))
+    return _clean(data)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 from .._errors import InvalidInputError, ParameterError
 from ._distributed import clear_failures
+from ._manifest import MANIFEST_FILE
+from ._maps import MAPS_DIR
 from ._report import write_json
 from ._store import load_results, result_files
 
@@ -54,10 +56,15 @@ def prepare_folder(out: Path, config: dict[str, Any], resume: bool) -> Records:
 
 
 def to_do(
-    samples: Sequence[Any], done: Records, methods: Sequence[str], metrics: Sequence[str]
+    samples: Sequence[Any],
+    done: Records,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    saved_maps: set[tuple[str, str]] | None = None,
 ) -> dict[str, list[str]]:
     """Image id -> the methods still to run on it, in dataset order (images with none left
-    out). A pair is done when its record has a score of every metric.
+    out). A pair is done when its record has a score of every metric and, when
+    ``saved_maps`` is given (a run that saves its maps), its map is among them.
 
     Example:
         >>> from types import SimpleNamespace as S
@@ -67,7 +74,12 @@ def to_do(
     """
     todo = {}
     for s in samples:
-        left = [m for m in methods if not _finished(done.get((s.id, m)), metrics)]
+        left = [
+            m
+            for m in methods
+            if not _finished(done.get((s.id, m)), metrics)
+            or (saved_maps is not None and (s.id, m) not in saved_maps)
+        ]
         if left:
             todo[s.id] = left
     return todo
@@ -111,6 +123,6 @@ def _check_resume(path: Path, old: Mapping[str, Any], config: Mapping[str, Any])
 
 def _move_aside(out: Path) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for p in [*result_files(out), out / CONFIG_FILE]:
+    for p in [*result_files(out), out / CONFIG_FILE, out / MANIFEST_FILE, out / MAPS_DIR]:
         if p.exists():
             p.rename(out / f"{p.stem}-{stamp}{p.suffix}")

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidInputError, ParameterError
+from .._fingerprint import state_dict_hash
 from .._progress import Progress
 from ..methods._base import Explainer
 from ..metrics._base import Metric
 from ..models._base import ModelAdapter
 from ._batch import PreparedBatch
+from ._compare import MetricComparison, compare, comparison_notes
 from ._config import BenchConfig
 from ._distributed import (
     RankFailedError,
@@ -24,6 +26,8 @@ from ._distributed import (
     peer_failed,
     shard,
 )
+from ._manifest import MANIFEST_FILE, build_manifest, now
+from ._maps import MapStore, missing_maps
 from ._report import (
     MethodSummary,
     markdown_table,
@@ -123,6 +127,9 @@ class RankRun:
         self.fractions: dict[str, list[float]] = {}
         self.notes: list[str] = []
         self.last_error: Exception | None = None
+        self.maps: MapStore | None = None
+        self.model_hash = ""
+        self.started = now()
 
     def execute(self, model: Any, dataset: Any) -> BenchmarkResults:
         """Set up (every rank learns whether all could), do this rank's share, summarize."""
@@ -133,11 +140,18 @@ class RankRun:
             adapter, model_desc = load_adapter(model, config.device)
             samples, data_desc = load_samples(dataset, config.n)
             settings = self._settings(adapter, model_desc, data_desc)
+            if self.out is not None and (config.save_maps or ranks.is_main):
+                self.model_hash = state_dict_hash(adapter.model)
+            if config.save_maps and self.out is not None:
+                meta = {k: settings[k] for k in ("model", "dataset", "target", "seed")}
+                self.maps = MapStore(self.out, ranks.rank, {**meta, "model_hash": self.model_hash})
             if ranks.is_main:
+                saved = None
                 if self.out is not None:
                     self.done = prepare_folder(self.out, settings, config.resume)
                     self.store = ResultStore(self.out / RESULTS_FILE)
-                todo = to_do(samples, self.done, self.method_names, self.metric_names)
+                    saved = self._saved_maps()
+                todo = to_do(samples, self.done, self.method_names, self.metric_names, saved)
         except Exception as exc:
             if not ranks.distributed:
                 raise
@@ -183,7 +197,25 @@ class RankRun:
             if failures:
                 message = failure_message(failures, ranks.world_size, self.out or Path("."))
                 raise RankFailedError(message) from self.last_error
-        return self._finish(samples, settings)
+        return self._finish(samples, settings, adapter)
+
+    def _saved_maps(self) -> set[tuple[str, str]] | None:
+        """The pairs with a saved map (None when the run saves none); says on stderr how
+        many finished pairs will be computed again for want of one."""
+        if self.maps is None:
+            return None
+        saved = self.maps.saved()
+        wanted = set(self.method_names)
+        redo = [k for k in missing_maps(self.done, saved) if k[1] in wanted]
+        if redo and self.config.progress:
+            print(
+                f"xvit bench: {len(redo)} (image, method) pairs in {self.out} were scored "
+                f"without --save-maps; explaining and scoring them again so that every saved "
+                f"map is the one its scores came from",
+                file=sys.stderr,
+                flush=True,
+            )
+        return saved
 
     def _settings(self, adapter: ModelAdapter, model_desc: str, data_desc: str) -> dict[str, Any]:
         """What ``run.json`` records; also the curve metrics' x positions and the table's
@@ -238,7 +270,10 @@ class RankRun:
                     if not indices:
                         continue
                     images, method = [samples[i].id for i in indices], explainer.name
-                    for record in batch.records(adapter, explainer, self.metrics, indices, bar):
+                    sink = None if self.maps is None else self.maps.write
+                    for record in batch.records(
+                        adapter, explainer, self.metrics, indices, bar, on_maps=sink
+                    ):
                         self._emit(record)
         except Exception as exc:
             if not ranks.distributed:
@@ -257,7 +292,9 @@ class RankRun:
             bar.close()
         return None
 
-    def _finish(self, samples: Sequence[Any], settings: dict[str, Any]) -> BenchmarkResults:
+    def _finish(
+        self, samples: Sequence[Any], settings: dict[str, Any], adapter: ModelAdapter
+    ) -> BenchmarkResults:
         """The summary: on rank 0 (or alone) from every results file, written, and printed
         when the run shows progress."""
         ranks, out = self.ranks, self.out
@@ -274,7 +311,9 @@ class RankRun:
         ]
         summaries = summarize(selected, self.method_names, self.metric_names)
         higher = {m.name: m.higher_is_better for m in self.metrics}
-        table = markdown_table(summaries, self.metric_names, higher, self.notes)
+        means = {s.method: {k: e.mean for k, e in s.metrics.items()} for s in summaries}
+        comparisons = compare(selected, means, higher)
+        table = markdown_table(summaries, self.metric_names, higher, self.notes, comparisons)
         if self.config.progress:
             print(table)
         results = BenchmarkResults(settings, selected, summaries, table, self.fractions)
@@ -283,13 +322,54 @@ class RankRun:
             results.files["run"] = out / CONFIG_FILE
             (out / "table.md").write_text(table + "\n", encoding="utf-8")
             results.files["table"] = out / "table.md"
-            write_csv(out / "summary.csv", summaries, self.metric_names, higher)
+            write_csv(out / "summary.csv", summaries, self.metric_names, higher, comparisons)
             results.files["csv"] = out / "summary.csv"
-            write_json(out / "summary.json", summary_dict(summaries, self.fractions, settings))
+            summary = summary_dict(summaries, self.fractions, settings, comparisons)
+            write_json(out / "summary.json", summary)
             results.files["json"] = out / "summary.json"
             if plot_curves(out / "curves.png", summaries, self.fractions):
                 results.files["curves"] = out / "curves.png"
+            if self.maps is not None:
+                for e in self.explainers:
+                    path = self.maps.finish(e.name, e.params(), ids)
+                    if path is not None:
+                        results.files[f"maps/{e.name}"] = path
+            self._write_manifest(results, settings, adapter, ids, comparisons)
         return results
+
+    def _write_manifest(
+        self,
+        results: BenchmarkResults,
+        settings: dict[str, Any],
+        adapter: ModelAdapter,
+        ids: list[str],
+        comparisons: Mapping[str, MetricComparison],
+    ) -> None:
+        """``manifest.json``: this run, complete on its own (see :mod:`._manifest`)."""
+        assert self.out is not None
+        path = self.out / MANIFEST_FILE
+        options = {
+            "images_per_call": self.config.images_per_call,
+            "resume": self.config.resume,
+            "save_maps": self.config.save_maps,
+        }
+        files = {name: str(p.relative_to(self.out)) for name, p in results.files.items()}
+        files["manifest"] = MANIFEST_FILE
+        manifest = build_manifest(
+            settings=settings,
+            adapter=adapter,
+            model_hash=self.model_hash,
+            image_ids=ids,
+            explainers=self.explainers,
+            metrics=self.metrics,
+            options=options,
+            statistics=comparison_notes(comparisons, self.method_names),
+            started=self.started,
+            world_size=self.ranks.world_size,
+            files=files,
+        )
+        write_json(path, manifest)
+        results.files["manifest"] = path
 
 
 def _describe(error: BaseException | None) -> str | None:

@@ -80,6 +80,12 @@ DEFAULT_DATA = "digits"
     "-p gradmask.masks_per_layer=1 or -p pointing_game.tolerance=2",
 )
 @click.option(
+    "--save-maps",
+    is_flag=True,
+    help="Also store every method's raw maps in OUT/maps/METHOD.safetensors (read them with "
+    "xvit.load_explanation).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=3600.0,
@@ -114,8 +120,8 @@ def bench_command(
         ],
         params,
     )
-    # the other options (--n, --images-per-call, --device, --seed, --target, --out, --timeout)
-    # are named as run_benchmark's keywords
+    # the other options (--n, --images-per-call, --device, --seed, --target, --out,
+    # --save-maps, --timeout) are named as run_benchmark's keywords
     results = run_benchmark(
         model, data, explainers, metric_list, resume=not no_resume, progress=True, **options
     )

@@ -52,6 +52,7 @@ def run_benchmark(
     distributed: bool | None = None,
     timeout: float = 3600.0,
     batch_size: int | None = None,
+    save_maps: bool = False,
 ) -> BenchmarkResults:
     """Evaluate explanation methods with metrics on a dataset, the same way for every method.
 
@@ -83,9 +84,10 @@ def run_benchmark(
         target: ``"label"`` (the dataset's class) or ``"prediction"`` (the model's class on
             the clean image).
         out_dir: Folder for ``results.jsonl`` (per image, written as it goes), ``run.json``,
-            ``table.md``, ``summary.csv``, ``summary.json`` and ``curves.png``; None keeps
-            everything in memory. Required in a distributed run, on a file system that every
-            rank reaches.
+            ``table.md``, ``summary.csv``, ``summary.json``, ``curves.png`` and
+            ``manifest.json`` (versions, model hash, seeds, every parameter, image ids,
+            device, dates); None keeps everything in memory. Required in a distributed
+            run, on a file system that every rank reaches.
         resume: Skip (image id, method) pairs already in the folder's results files whose
             record has every requested metric; False moves old results aside (renamed with a
             time stamp) and starts over.
@@ -100,6 +102,12 @@ def run_benchmark(
         timeout: Seconds a rank waits for the others at the start and at the end of a
             distributed run (the end waits for the slowest rank).
         batch_size: Deprecated name of ``images_per_call`` (a DeprecationWarning).
+        save_maps: Also store every method's raw maps, once per method, in
+            ``out_dir/maps/<method>.safetensors`` (maps, targets, probabilities, image ids,
+            the method's parameters, the input size and the model's hash), read back with
+            :func:`xvit.load_explanation`. Needs ``out_dir``. Resuming a folder whose
+            results were computed without it explains and scores those images again, so
+            that every saved map is the one its scores came from.
 
     Returns:
         :class:`BenchmarkResults`; with ``progress`` the table is also printed. In a
@@ -147,7 +155,13 @@ def run_benchmark(
         progress=progress,
         distributed=distributed,
         timeout=timeout,
+        save_maps=save_maps,
     )
+    if config.save_maps and config.out_dir is None:
+        raise ParameterError(
+            "save_maps needs out_dir (--out): the maps are written to OUT/maps/, one file per "
+            "method"
+        )
     explainers = resolve_methods(methods)
     metric_list = resolve_metrics(metrics)
     ranks = Ranks()

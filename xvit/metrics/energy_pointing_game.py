@@ -158,6 +158,7 @@ class EnergyPointingGame(Metric):
     name = "energy_pointing_game"
     summary = "share of the (min-max scaled) saliency mass inside the ground-truth boxes"
     paper = "Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPR-W 2020"
+    cost = "no forward: the maps and the boxes only"
     higher_is_better = True
     needs_boxes = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {

@@ -42,6 +42,10 @@ class Insertion(CausalMetric):
     short_name = "ins"
     summary = "area under the class probability as the most salient pixels are revealed"
     paper = "Petsiuk et al., RISE: Randomized Input Sampling for Explanation, BMVC 2018"
+    cost = (
+        "about one forward per curve point (input height + 1 points at the default step of "
+        "one pixel row: 225 at 224 px), in batches of batch_size"
+    )
     higher_is_better = True
     insertion = True
     default_substrate = "blur"

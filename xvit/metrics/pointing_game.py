@@ -141,6 +141,7 @@ class PointingGame(Metric):
     short_name = "pg"
     summary = "hit when the saliency maximum lies near a ground-truth box (15 px at 224 px)"
     paper = "Zhang et al., Top-down Neural Attention by Excitation Backprop, IJCV 2018"
+    cost = "no forward: the maps and the boxes only"
     higher_is_better = True
     needs_boxes = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {
