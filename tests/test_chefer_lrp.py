@@ -242,23 +242,25 @@ def timm_weights(model) -> dict:
 def hf_weights(model) -> dict:
     backbone = model.vit if hasattr(model, "vit") else model.deit
 
-    def qkv(a):
-        return (
-            torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-            torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
+    def block(layer) -> dict:
+        if hasattr(layer, "mlp"):  # transformers 5.x
+            a, fc1, fc2 = layer.attention, layer.mlp.fc1, layer.mlp.fc2
+            q, k, v, proj = a.q_proj, a.k_proj, a.v_proj, a.o_proj
+        else:  # 4.x
+            a, fc1, fc2 = layer.attention, layer.intermediate.dense, layer.output.dense
+            q, k, v = a.attention.query, a.attention.key, a.attention.value
+            proj = a.output.dense
+        return dict(
+            ln1=_ln(layer.layernorm_before),
+            qkv=(torch.cat([q.weight, k.weight, v.weight]), torch.cat([q.bias, k.bias, v.bias])),
+            proj=_lin(proj),
+            ln2=_ln(layer.layernorm_after),
+            fc1=_lin(fc1),
+            fc2=_lin(fc2),
         )
 
-    blocks = [
-        dict(
-            ln1=_ln(layer.layernorm_before),
-            qkv=qkv(layer.attention),
-            proj=_lin(layer.attention.o_proj),
-            ln2=_ln(layer.layernorm_after),
-            fc1=_lin(layer.mlp.fc1),
-            fc2=_lin(layer.mlp.fc2),
-        )
-        for layer in backbone.layers
-    ]
+    layers = backbone.layers if hasattr(backbone, "layers") else backbone.encoder.layer
+    blocks = [block(layer) for layer in layers]
     teacher = hasattr(model, "distillation_classifier")
     heads = (
         [_lin(model.cls_classifier), _lin(model.distillation_classifier)]
