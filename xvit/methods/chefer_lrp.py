@@ -73,6 +73,13 @@ class CheferLRP(Explainer):
     With a score function as the target, the starting relevance is its gradient with respect
     to the logits (the one-hot vector for a logit) and dA_l its gradient.
 
+    Args:
+        alpha: The alpha of the alpha-beta rule of every Linear layer (beta = alpha - 1),
+            at least 1. Default 1, as the authors' ``generate_LRP`` (positive
+            contributions only).
+        start_layer: The first block accumulated into the map (0 .. L-1). Default 0, as
+            the authors' code: every block.
+
     References:
         H. Chefer, S. Gur, L. Wolf, "Transformer Interpretability Beyond Attention
         Visualization", CVPR 2021.
