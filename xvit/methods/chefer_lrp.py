@@ -10,11 +10,11 @@ import torch
 from .._constraints import Integer, Real, Spec
 from .._errors import InvalidInputError, UnsupportedModelError
 from .._targets import Target, TargetScore, gradient_scores
-from ..models._base import ModelAdapter
+from ..models._base import Geometry, ModelAdapter
 from ..models._capture import Capture
 from ..models._prenorm import PRENORM
 from ._attention import patch_map
-from ._base import Explainer
+from ._base import Cost, Explainer
 from ._lrp import forward, relprop
 from ._registration import register_method
 
@@ -112,6 +112,12 @@ class CheferLRP(Explainer):
     @classmethod
     def capabilities_needed(cls) -> tuple[str, ...]:
         return (*super().capabilities_needed(), PRENORM)
+
+    def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
+        """The model's own forward (the tokens, and the logits the rebuilt forward must
+        equal), then a gradient pass through the rebuilt blocks; the relevance pass back
+        through them is not a pass through the model."""
+        return Cost(forwards=1, gradient_passes=1)
 
     def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         parts = adapter.prenorm_parts()
