@@ -35,13 +35,19 @@ def _forwards_replaced(model: nn.Module) -> list[str]:
 def test_every_method_runs_and_leaves_the_model_untouched(family: str) -> None:
     model = FAMILY_FACTORIES[family]()
     x = _input(model)
-    geo = xvit.get_adapter(model).geometry
+    adapter = xvit.get_adapter(model)
+    geo = adapter.geometry
     before = snapshot(model)
     for method in xvit.list_methods():
         cls = xvit.get_method(method)
         params = dict(cls.quick_params)
         if cls.randomized:
             params["seed"] = 0
+        if not set(cls.capabilities_needed()) <= adapter.capabilities:  # refused, clearly
+            with pytest.raises(xvit.UnsupportedModelError, match=f"{method} needs"):
+                xvit.explain(method, model, x, **params)
+            assert snapshot(model) == before, method
+            continue
         result = xvit.explain(method, model, x, **params)
         assert torch.isfinite(result.map).all(), method
         assert tuple(result.map.shape) in ((2, *geo.grid()), (2, *geo.image_size)), method

@@ -79,9 +79,14 @@ def test_every_method_runs_and_leaves_the_model_untouched() -> None:
     classifier.class_names = prompts
     x = pixels()
     before = snapshot(model)
+    capabilities = xvit.get_adapter(classifier).capabilities
     for method in xvit.list_methods():
         cls = xvit.get_method(method)
         params = dict(cls.quick_params, **({"seed": 0} if cls.randomized else {}))
+        if not set(cls.capabilities_needed()) <= capabilities:  # refused, clearly
+            with pytest.raises(xvit.UnsupportedModelError, match=f"{method} needs"):
+                xvit.explain(method, classifier, x, **params)
+            continue
         result = xvit.explain(method, classifier, x, **params)
         assert torch.isfinite(result.map).all(), method
         assert tuple(result.map.shape) in ((2, 4, 4), (2, 32, 32)), method

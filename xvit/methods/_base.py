@@ -18,7 +18,7 @@ from .._constraints import check_param
 from .._errors import InvalidInputError, ModelOutputError, UnsupportedModelError, XvitError
 from .._forward import FORWARD_CONSTRAINTS, backing_off
 from .._targets import Target, TargetScore, is_score
-from ..models import get_adapter, model_lock, preserved_state
+from ..models import adapters, get_adapter, model_lock, preserved_state
 from ..models._base import Geometry, ModelAdapter
 
 #: A gradient pass costs about this many forwards: its forward plus a backward of about
@@ -307,8 +307,16 @@ def _checked_call(explainer: Explainer, adapter: ModelAdapter, inputs: Any, targ
 
 
 def _check_model(who: str, explainer: Explainer, adapter: ModelAdapter) -> None:
-    """Refuse a model that lacks a capability the method needs."""
-    adapter.require(*type(explainer).capabilities_needed(), method=who)
+    """Refuse a model that lacks a capability the method needs, naming the adapters (model
+    families) that have them all."""
+    needed = type(explainer).capabilities_needed()
+    try:
+        adapter.require(*needed, method=who)
+    except UnsupportedModelError as exc:
+        able = [name for name, cls in adapters.items() if set(needed) <= cls.capabilities]
+        raise UnsupportedModelError(
+            f"{exc}; {who} runs on the model families {', '.join(able) or '(none)'}"
+        ) from None
     if type(explainer).needs_attention:
         _check_attention(who, adapter)
 

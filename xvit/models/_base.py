@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._errors import InvalidInputError, ModelOutputError, UnsupportedModelError, XvitError
+from ._prenorm import PRENORM, PreNormViT
 from ._preprocessing import Preprocessing
 
 
@@ -288,6 +289,15 @@ class ModelAdapter(ABC):
     @abstractmethod
     def blocks(self) -> list[BlockSources]:
         """Capture points of every block, first to last."""
+
+    def prenorm_parts(self) -> PreNormViT:
+        """The model as standard pre-norm blocks (:class:`~xvit.models._prenorm.PreNormViT`),
+        for adapters with the ``"prenorm"`` capability; the others raise
+        :class:`~xvit.UnsupportedModelError`."""
+        raise UnsupportedModelError(
+            f"{type(self).__name__} does not declare the pre-norm parts of a "
+            f"{type(self.model).__name__} (capability {PRENORM!r})"
+        )
 
     @property
     def device(self) -> torch.device:

@@ -31,6 +31,7 @@ from ._base import (
     model_lock,
 )
 from ._guard import attribute_switched
+from ._prenorm import PRENORM, PreNormViT
 from ._preprocessing import Preprocessing
 
 #: How a head reads the last block's tokens: "token" (the CLS row), "prefix" (every prefix
@@ -146,6 +147,10 @@ class Family:
         check: Raises :class:`~xvit.UnsupportedModelError` when a model of the family was
             modified so that it no longer has the declared structure.
         capabilities: What the adapter gives the methods (``"qkv"``, ``"attention"``).
+        prenorm: The model as standard pre-norm blocks (raises
+            :class:`~xvit.UnsupportedModelError` for a model whose modules do not fit), or
+            None where the family's blocks have another shape. Declaring it adds the
+            ``"prenorm"`` capability.
 
     Example:
         >>> import xvit
@@ -177,6 +182,7 @@ class Family:
     prefix_rows_logits: Callable[[Any, torch.Tensor], torch.Tensor | None] = _none
     check: Callable[[Any], None] = lambda model: None
     capabilities: frozenset[str] = field(default=frozenset({"qkv", "attention"}))
+    prenorm: Callable[[Any], PreNormViT] | None = None
 
 
 class FamilyAdapter(ModelAdapter):
@@ -205,7 +211,8 @@ class FamilyAdapter(ModelAdapter):
             if "description" not in cls.__dict__:
                 cls.description = family.description
             if "capabilities" not in cls.__dict__:
-                cls.capabilities = family.capabilities
+                declared = frozenset({PRENORM}) if family.prenorm is not None else frozenset()
+                cls.capabilities = family.capabilities | declared
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -260,6 +267,11 @@ class FamilyAdapter(ModelAdapter):
             )
             for block in f.blocks(m)
         ]
+
+    def prenorm_parts(self) -> PreNormViT:
+        if self.family.prenorm is None:
+            return super().prenorm_parts()
+        return self.family.prenorm(self.model)
 
     # --- running --------------------------------------------------------------------------
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -148,6 +148,7 @@ HF_BEIT = replace(
     logits=_logits,
     preprocessing=_preprocessing,
     prefix_rows_logits=lambda model, x: None,
+    prenorm=None,  # other block shapes
     check=_check,
 )
 

@@ -65,6 +65,7 @@ HF_DINOV2 = replace(
     eager=hf_eager,
     preprocessing=_preprocessing,
     prefix_rows_logits=lambda model, x: None,
+    prenorm=None,  # other block shapes
     check=lambda model: check_projections(model, encoder_layers(_backbone(model))),
 )
 

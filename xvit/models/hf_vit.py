@@ -24,6 +24,7 @@ from ._hf_shortcut import (
     prefix_rows,
 )
 from ._labels import hf_class_names
+from ._prenorm import PreNormBlock, PreNormViT
 from ._preprocessing import (
     HALF,
     IMAGENET_MEAN,
@@ -152,6 +153,60 @@ def _preprocessing(model: Any) -> Preprocessing:
     return Preprocessing(size, HALF, HALF, "bilinear", squash=True)
 
 
+def _prenorm_layer(i: int, layer: Any, heads: int) -> PreNormBlock:
+    found = projections(layer)
+    if type(layer).__name__ not in ("ViTLayer", "DeiTLayer") or found is None:
+        raise UnsupportedModelError(
+            f"layer {i} ({type(layer).__name__}) is not a stock ViTLayer/DeiTLayer, which the "
+            f"pre-norm parts describe"
+        )
+    qkv: tuple[Any, ...] = found[:3]
+    if hasattr(layer, "mlp"):  # transformers 5.x
+        proj, mlp = layer.attention.o_proj, layer.mlp
+        fc1, act, fc2 = mlp.fc1, mlp.activation_fn, mlp.fc2
+    else:  # 4.x: the MLP is split over intermediate and output
+        proj = layer.attention.output.dense
+        fc1, act, fc2 = (
+            layer.intermediate.dense,
+            layer.intermediate.intermediate_act_fn,
+            layer.output.dense,
+        )
+    return PreNormBlock(
+        norm1=layer.layernorm_before,
+        qkv=qkv,
+        num_heads=heads,
+        scale=float(qkv[0].out_features // heads) ** -0.5,
+        proj=proj,
+        norm2=layer.layernorm_after,
+        fc1=fc1,
+        act=act,
+        fc2=fc2,
+    )
+
+
+def _prenorm(model: Any) -> PreNormViT:
+    """HF ViT/DeiT classifiers by their pre-norm parts: the classifier reads the CLS row, or
+    CLS and distillation rows (``DeiTForImageClassificationWithTeacher``)."""
+    backbone: Any = backbone_of(model)
+    heads = int(model.config.num_attention_heads)
+    layers = encoder_layers(backbone)
+    blocks = tuple(_prenorm_layer(i, layer, heads) for i, layer in enumerate(layers))
+    classifiers: tuple[Any, ...]
+    if hasattr(model, "distillation_classifier"):
+        classifiers = (model.cls_classifier, model.distillation_classifier)
+    else:
+        classifiers = (model.classifier,)
+    if not all(isinstance(c, nn.Linear) for c in classifiers):
+        raise UnsupportedModelError(f"this {type(model).__name__} has no Linear classifier")
+    return PreNormViT(
+        tokens=backbone.embeddings,
+        blocks=blocks,
+        norm=backbone.layernorm,
+        readout="rows",
+        heads=classifiers,
+    )
+
+
 HF_VIT = Family(
     name="hf",
     description=(
@@ -176,6 +231,7 @@ HF_VIT = Family(
     class_names=lambda model, n: hf_class_names(model.config, n),
     prefix_rows_logits=lambda model, x: prefix_rows_logits(model, x),
     check=lambda model: check_projections(model, encoder_layers(backbone_of(model))),
+    prenorm=_prenorm,
 )
 
 

@@ -71,6 +71,7 @@ def _family(name: str, classes: tuple[str, ...], description: str) -> Family:
         pooling=_pooling,
         logits=lambda model, x: model(x),
         prefix_rows_logits=lambda model, x: None,
+        prenorm=None,  # other block shapes
         check=_check,
     )
 

@@ -13,6 +13,7 @@ from ._base import AttentionSource, QKVSource, inherits, pair
 from ._family import Family, FamilyAdapter, fused_attn_off, tensor_or_none
 from ._guard import has_hooks
 from ._labels import timm_class_names
+from ._prenorm import PreNormBlock, PreNormViT
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
 
 
@@ -117,6 +118,66 @@ def _prefix_only_head(m: Any) -> bool:
     )
 
 
+def _prenorm_block(i: int, block: Any) -> PreNormBlock:
+    attn, mlp = block.attn, block.mlp
+    plain = (
+        type(block).__name__ == "Block"
+        and type(attn).__name__ == "Attention"
+        and type(mlp).__name__ == "Mlp"
+        and isinstance(attn.qkv, nn.Linear)
+        and isinstance(mlp.fc1, nn.Linear)
+        and all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm, mlp.norm))
+    )
+    if not plain:
+        raise UnsupportedModelError(
+            f"block {i} ({type(block).__name__}) is not timm's plain pre-norm Block (Attention "
+            f"without q/k norms, Mlp with Linear layers), which the pre-norm parts describe"
+        )
+    return PreNormBlock(
+        norm1=block.norm1,
+        qkv=(attn.qkv,),
+        num_heads=int(attn.num_heads),
+        scale=float(attn.scale),
+        proj=attn.proj,
+        norm2=block.norm2,
+        fc1=mlp.fc1,
+        act=mlp.act,
+        fc2=mlp.fc2,
+        ls1=block.ls1,
+        ls2=block.ls2,
+    )
+
+
+def _prenorm(model: Any) -> PreNormViT:
+    """timm's VisionTransformer(Distilled) by its pre-norm parts: the head reads the CLS row
+    (``global_pool='token'``), CLS and distillation rows (distilled), or the patch mean
+    (``'avg'``, through ``fc_norm``)."""
+    kind, pool = type(model).__name__, _pooling(model)
+    if kind not in ("VisionTransformer", "VisionTransformerDistilled") or pool == "other":
+        raise UnsupportedModelError(
+            f"this timm {kind} (pooling {pool!r}) is not a plain VisionTransformer with a "
+            f"token, distilled or average-pooled head"
+        )
+    if pool == "attention-pool" or not isinstance(model.head, nn.Linear):
+        raise UnsupportedModelError(
+            f"this timm {kind} has no Linear classifier on its tokens (attention pooling or "
+            f"no head)"
+        )
+    blocks = tuple(_prenorm_block(i, b) for i, b in enumerate(_blocks(model)))
+    common = dict(tokens=model.norm_pre, blocks=blocks, norm=model.norm)
+    if pool == "prefix":
+        return PreNormViT(readout="rows", heads=(model.head, model.head_dist), **common)
+    if pool == "token":
+        return PreNormViT(readout="rows", heads=(model.head,), head_norm=model.fc_norm, **common)
+    return PreNormViT(
+        readout="mean",
+        heads=(model.head,),
+        head_norm=model.fc_norm,
+        mean_from=int(model.num_prefix_tokens),
+        **common,
+    )
+
+
 TIMM_VIT = Family(
     name="timm",
     description=(
@@ -141,6 +202,7 @@ TIMM_VIT = Family(
     class_names=timm_class_names,
     prefix_rows_logits=_prefix_rows_logits,
     check=_check,
+    prenorm=_prenorm,
 )
 
 
