@@ -4,7 +4,9 @@ Each metric is a class (declaring ``higher_is_better``) in a file of its own wit
 functional twin in :mod:`xvit.metrics.functional`: :class:`Insertion` /
 :func:`~xvit.metrics.functional.insertion`, :class:`Deletion` / ``deletion``,
 :class:`PointingGame` / ``pointing_game``, :class:`EnergyPointingGame` /
-``energy_pointing_game``. ``xvit.metrics.insertion`` is the module of that file (calling it
+``energy_pointing_game``; :class:`ROAD` / ``road``, :class:`FaithfulnessCorrelation` /
+``faithfulness_correlation``, :class:`Infidelity` / ``infidelity``, :class:`SensitivityMax` /
+``sensitivity_max``. ``xvit.metrics.insertion`` is the module of that file (calling it
 as the function still works, with a DeprecationWarning). Third-party metrics register
 through the entry-point group ``xvit.metrics``; the registry is ``metric_registry`` (also
 ``metrics``).
@@ -17,32 +19,53 @@ Example:
 
 from __future__ import annotations
 
-from . import deletion, energy_pointing_game, functional, insertion, pointing_game
+from . import (
+    deletion,
+    energy_pointing_game,
+    faithfulness_correlation,
+    functional,
+    infidelity,
+    insertion,
+    pointing_game,
+    road,
+    sensitivity_max,
+)
 from ._base import Batch, Metric, MetricResult, nanmean
 from ._registration import get_metric, list_metrics, metrics, register_metric
 from ._twin_modules import make_callable
 from .deletion import Deletion
 from .energy_pointing_game import EnergyPointingGame
+from .faithfulness_correlation import FaithfulnessCorrelation
+from .infidelity import Infidelity
 from .insertion import Insertion
 from .pointing_game import PointingGame
+from .road import ROAD
+from .sensitivity_max import SensitivityMax
 
 #: Every metric, by name (the same registry as ``metrics``).
 metric_registry = metrics
 
 make_callable(deletion, energy_pointing_game, insertion, pointing_game)
+make_callable(road, faithfulness_correlation, infidelity, sensitivity_max)
 
 __all__ = [
+    "ROAD",
     "Batch",
     "Deletion",
     "EnergyPointingGame",
+    "FaithfulnessCorrelation",
+    "Infidelity",
     "Insertion",
     "Metric",
     "MetricResult",
     "PointingGame",
+    "SensitivityMax",
     "deletion",
     "energy_pointing_game",
+    "faithfulness_correlation",
     "functional",
     "get_metric",
+    "infidelity",
     "insertion",
     "list_metrics",
     "metric_registry",
@@ -50,4 +73,6 @@ __all__ = [
     "nanmean",
     "pointing_game",
     "register_metric",
+    "road",
+    "sensitivity_max",
 ]

@@ -12,7 +12,20 @@ from __future__ import annotations
 
 from .deletion import deletion
 from .energy_pointing_game import energy_pointing_game
+from .faithfulness_correlation import faithfulness_correlation
+from .infidelity import infidelity
 from .insertion import insertion
 from .pointing_game import pointing_game
+from .road import road
+from .sensitivity_max import sensitivity_max
 
-__all__ = ["deletion", "energy_pointing_game", "insertion", "pointing_game"]
+__all__ = [
+    "deletion",
+    "energy_pointing_game",
+    "faithfulness_correlation",
+    "infidelity",
+    "insertion",
+    "pointing_game",
+    "road",
+    "sensitivity_max",
+]
