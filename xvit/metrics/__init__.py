@@ -4,7 +4,10 @@ Each metric is a class (declaring ``higher_is_better``) in a file of its own wit
 functional twin in :mod:`xvit.metrics.functional`: :class:`Insertion` /
 :func:`~xvit.metrics.functional.insertion`, :class:`Deletion` / ``deletion``,
 :class:`PointingGame` / ``pointing_game``, :class:`EnergyPointingGame` /
-``energy_pointing_game``. ``xvit.metrics.insertion`` is the module of that file (calling it
+``energy_pointing_game``, :class:`Sparseness` / ``sparseness``, :class:`Complexity` /
+``complexity``, :class:`TokenPerturbation` / ``token_perturbation``, :class:`AverageDrop` /
+``average_drop``, :class:`IncreaseInConfidence` / ``increase_in_confidence``.
+``xvit.metrics.insertion`` is the module of that file (calling it
 as the function still works, with a DeprecationWarning). Third-party metrics register
 through the entry-point group ``xvit.metrics``; the registry is ``metric_registry`` (also
 ``metrics``).
@@ -17,32 +20,57 @@ Example:
 
 from __future__ import annotations
 
-from . import deletion, energy_pointing_game, functional, insertion, pointing_game
+from . import (
+    average_drop,
+    complexity,
+    deletion,
+    energy_pointing_game,
+    functional,
+    increase_in_confidence,
+    insertion,
+    pointing_game,
+    sparseness,
+    token_perturbation,
+)
 from ._base import Batch, Metric, MetricResult, nanmean
 from ._registration import get_metric, list_metrics, metrics, register_metric
 from ._twin_modules import make_callable
+from .average_drop import AverageDrop
+from .complexity import Complexity
 from .deletion import Deletion
 from .energy_pointing_game import EnergyPointingGame
+from .increase_in_confidence import IncreaseInConfidence
 from .insertion import Insertion
 from .pointing_game import PointingGame
+from .sparseness import Sparseness
+from .token_perturbation import TokenPerturbation
 
 #: Every metric, by name (the same registry as ``metrics``).
 metric_registry = metrics
 
 make_callable(deletion, energy_pointing_game, insertion, pointing_game)
+make_callable(average_drop, complexity, increase_in_confidence, sparseness, token_perturbation)
 
 __all__ = [
+    "AverageDrop",
     "Batch",
+    "Complexity",
     "Deletion",
     "EnergyPointingGame",
+    "IncreaseInConfidence",
     "Insertion",
     "Metric",
     "MetricResult",
     "PointingGame",
+    "Sparseness",
+    "TokenPerturbation",
+    "average_drop",
+    "complexity",
     "deletion",
     "energy_pointing_game",
     "functional",
     "get_metric",
+    "increase_in_confidence",
     "insertion",
     "list_metrics",
     "metric_registry",
@@ -50,4 +78,6 @@ __all__ = [
     "nanmean",
     "pointing_game",
     "register_metric",
+    "sparseness",
+    "token_perturbation",
 ]

@@ -10,9 +10,24 @@ Example:
 
 from __future__ import annotations
 
+from .average_drop import average_drop
+from .complexity import complexity
 from .deletion import deletion
 from .energy_pointing_game import energy_pointing_game
+from .increase_in_confidence import increase_in_confidence
 from .insertion import insertion
 from .pointing_game import pointing_game
+from .sparseness import sparseness
+from .token_perturbation import token_perturbation
 
-__all__ = ["deletion", "energy_pointing_game", "insertion", "pointing_game"]
+__all__ = [
+    "average_drop",
+    "complexity",
+    "deletion",
+    "energy_pointing_game",
+    "increase_in_confidence",
+    "insertion",
+    "pointing_game",
+    "sparseness",
+    "token_perturbation",
+]
