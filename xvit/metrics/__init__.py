@@ -6,7 +6,10 @@ functional twin in :mod:`xvit.metrics.functional`: :class:`Insertion` /
 :class:`PointingGame` / ``pointing_game``, :class:`EnergyPointingGame` /
 ``energy_pointing_game``; :class:`ROAD` / ``road``, :class:`FaithfulnessCorrelation` /
 ``faithfulness_correlation``, :class:`Infidelity` / ``infidelity``, :class:`SensitivityMax` /
-``sensitivity_max``. ``xvit.metrics.insertion`` is the module of that file (calling it
+``sensitivity_max``, :class:`Sparseness` / ``sparseness``, :class:`Complexity` /
+``complexity``, :class:`TokenPerturbation` / ``token_perturbation``, :class:`AverageDrop` /
+``average_drop``, :class:`IncreaseInConfidence` / ``increase_in_confidence``.
+``xvit.metrics.insertion`` is the module of that file (calling it
 as the function still works, with a DeprecationWarning). Third-party metrics register
 through the entry-point group ``xvit.metrics``; the registry is ``metric_registry`` (also
 ``metrics``).
@@ -20,51 +23,70 @@ Example:
 from __future__ import annotations
 
 from . import (
+    average_drop,
+    complexity,
     deletion,
     energy_pointing_game,
     faithfulness_correlation,
     functional,
+    increase_in_confidence,
     infidelity,
     insertion,
     pointing_game,
     road,
     sensitivity_max,
+    sparseness,
+    token_perturbation,
 )
 from ._base import Batch, Metric, MetricResult, nanmean
 from ._registration import get_metric, list_metrics, metrics, register_metric
 from ._twin_modules import make_callable
+from .average_drop import AverageDrop
+from .complexity import Complexity
 from .deletion import Deletion
 from .energy_pointing_game import EnergyPointingGame
 from .faithfulness_correlation import FaithfulnessCorrelation
+from .increase_in_confidence import IncreaseInConfidence
 from .infidelity import Infidelity
 from .insertion import Insertion
 from .pointing_game import PointingGame
 from .road import ROAD
 from .sensitivity_max import SensitivityMax
+from .sparseness import Sparseness
+from .token_perturbation import TokenPerturbation
 
 #: Every metric, by name (the same registry as ``metrics``).
 metric_registry = metrics
 
 make_callable(deletion, energy_pointing_game, insertion, pointing_game)
 make_callable(road, faithfulness_correlation, infidelity, sensitivity_max)
+make_callable(average_drop, complexity, increase_in_confidence, sparseness, token_perturbation)
 
 __all__ = [
     "ROAD",
+    "AverageDrop",
     "Batch",
+    "Complexity",
     "Deletion",
     "EnergyPointingGame",
     "FaithfulnessCorrelation",
+    "IncreaseInConfidence",
     "Infidelity",
     "Insertion",
     "Metric",
     "MetricResult",
     "PointingGame",
     "SensitivityMax",
+    "Sparseness",
+    "TokenPerturbation",
+    "average_drop",
+    "complexity",
     "deletion",
     "energy_pointing_game",
     "faithfulness_correlation",
     "functional",
     "get_metric",
+    "increase_in_confidence",
     "infidelity",
     "insertion",
     "list_metrics",
@@ -75,4 +97,6 @@ __all__ = [
     "register_metric",
     "road",
     "sensitivity_max",
+    "sparseness",
+    "token_perturbation",
 ]

@@ -10,22 +10,32 @@ Example:
 
 from __future__ import annotations
 
+from .average_drop import average_drop
+from .complexity import complexity
 from .deletion import deletion
 from .energy_pointing_game import energy_pointing_game
 from .faithfulness_correlation import faithfulness_correlation
+from .increase_in_confidence import increase_in_confidence
 from .infidelity import infidelity
 from .insertion import insertion
 from .pointing_game import pointing_game
 from .road import road
 from .sensitivity_max import sensitivity_max
+from .sparseness import sparseness
+from .token_perturbation import token_perturbation
 
 __all__ = [
+    "average_drop",
+    "complexity",
     "deletion",
     "energy_pointing_game",
     "faithfulness_correlation",
+    "increase_in_confidence",
     "infidelity",
     "insertion",
     "pointing_game",
     "road",
     "sensitivity_max",
+    "sparseness",
+    "token_perturbation",
 ]
