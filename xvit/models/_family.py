@@ -146,6 +146,10 @@ class Family:
         check: Raises :class:`~xvit.UnsupportedModelError` when a model of the family was
             modified so that it no longer has the declared structure.
         capabilities: What the adapter gives the methods (``"qkv"``, ``"attention"``).
+        head: ``(model, tokens) -> logits``: the model's final norm, pooling and classifier
+            applied to a B x N x D token sequence taken as the last block's output (for
+            methods that read every block through the head, LeGrad); None where the family
+            does not declare it. A family with a head also has the ``"head"`` capability.
 
     Example:
         >>> import xvit
@@ -177,6 +181,7 @@ class Family:
     prefix_rows_logits: Callable[[Any, torch.Tensor], torch.Tensor | None] = _none
     check: Callable[[Any], None] = lambda model: None
     capabilities: frozenset[str] = field(default=frozenset({"qkv", "attention"}))
+    head: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
 
 
 class FamilyAdapter(ModelAdapter):
@@ -205,7 +210,8 @@ class FamilyAdapter(ModelAdapter):
             if "description" not in cls.__dict__:
                 cls.description = family.description
             if "capabilities" not in cls.__dict__:
-                cls.capabilities = family.capabilities
+                head = frozenset({"head"}) if family.head is not None else frozenset()
+                cls.capabilities = family.capabilities | head
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -256,7 +262,11 @@ class FamilyAdapter(ModelAdapter):
         tokens = TokenLayout(int(f.prefix_tokens(m)), f.patch_size(m))
         return [
             BlockSources(
-                qkv=f.qkv(block), attention=f.attention(block), norm1=f.norm1(block), tokens=tokens
+                qkv=f.qkv(block),
+                attention=f.attention(block),
+                norm1=f.norm1(block),
+                tokens=tokens,
+                output=block,
             )
             for block in f.blocks(m)
         ]
@@ -264,6 +274,11 @@ class FamilyAdapter(ModelAdapter):
     # --- running --------------------------------------------------------------------------
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.family.logits(self.model, x)
+
+    def head_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.family.head is None:
+            return super().head_logits(tokens)
+        return self.family.head(self.model, tokens)
 
     def scoring_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The forward, or the family's exact last-block shortcut where the head reads only

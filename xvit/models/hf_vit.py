@@ -152,6 +152,15 @@ def _preprocessing(model: Any) -> Preprocessing:
     return Preprocessing(size, HALF, HALF, "bilinear", squash=True)
 
 
+def _head(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """The final layernorm and the classifier(s) on the CLS (and distillation) row."""
+    backbone: Any = backbone_of(model)
+    h = backbone.layernorm(tokens)
+    if hasattr(model, "distillation_classifier"):
+        return (model.cls_classifier(h[:, 0]) + model.distillation_classifier(h[:, 1])) / 2
+    return model.classifier(h[:, 0])  # type: ignore[no-any-return]
+
+
 HF_VIT = Family(
     name="hf",
     description=(
@@ -176,6 +185,7 @@ HF_VIT = Family(
     class_names=lambda model, n: hf_class_names(model.config, n),
     prefix_rows_logits=lambda model, x: prefix_rows_logits(model, x),
     check=lambda model: check_projections(model, encoder_layers(backbone_of(model))),
+    head=_head,
 )
 
 
