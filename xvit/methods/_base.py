@@ -94,7 +94,8 @@ class Explainer(Configurable, ABC):
         name: Registry name.
         summary: One line for ``xvit list``.
         paper: The paper the method implements.
-        family: "gradient+mask", "attention", "attention+gradient", "cam", "perturbation".
+        family: "gradient+mask", "attention", "attention+gradient", "cam", "perturbation",
+            "lrp".
         needs_gradients: Whether it backpropagates through the model (the default
             :meth:`cost` is then one gradient pass).
         needs_attention: Whether it reads attention probabilities (:meth:`attribute` then
@@ -256,6 +257,21 @@ class Explainer(Configurable, ABC):
         """
         flags = (("qkv", cls.needs_qkv), ("attention", cls.needs_attention))
         return tuple(name for name, needed in flags if needed)
+
+    @classmethod
+    def supports(cls, adapter: ModelAdapter) -> bool:
+        """Whether the method can explain this adapter's model: it has every capability the
+        method needs (:meth:`capabilities_needed`). Methods with narrower needs (a family
+        list, a kind of head) override it; :meth:`attribute` refuses the others with an
+        :class:`~xvit.UnsupportedModelError` that says why.
+
+        Example:
+            >>> import xvit
+            >>> adapter = xvit.get_adapter(xvit.load_model("xvit:digits-vit"))
+            >>> xvit.get_method("gae").supports(adapter)
+            True
+        """
+        return set(cls.capabilities_needed()) <= set(adapter.capabilities)
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         """The passes through the model :meth:`attribute` makes per image, with these

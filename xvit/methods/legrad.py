@@ -104,6 +104,10 @@ class LeGrad(Explainer):
     def capabilities_needed(cls) -> tuple[str, ...]:
         return (*super().capabilities_needed(), "head")
 
+    @classmethod
+    def supports(cls, adapter: ModelAdapter) -> bool:
+        return super().supports(adapter) and getattr(adapter, "pooling", None) != "attention-pool"
+
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         # one forward, then one backward per block used (each through a part of the model)
         return Cost(gradient_passes=len(self._layers(geometry.num_blocks)), at_most=True)
