@@ -244,7 +244,7 @@ class Explainer(Configurable, ABC):
         if not missing:
             return None
         install = f"pip install xvit[{cls.extra}]" if cls.extra else f"pip install {missing[0]}"
-        return f"needs {', '.join(missing)}, which is not installed: {install}"
+        return f"needs {', '.join(missing)} (not installed): {install}"
 
     @classmethod
     def capabilities_needed(cls) -> tuple[str, ...]:

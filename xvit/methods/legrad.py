@@ -61,8 +61,10 @@ class LeGrad(Explainer):
     gradient) is all zeros rather than the authors' 0 / 0.
 
     Runs on every family that declares its final norm and head (the ``"head"`` capability:
-    timm ViT/DeiT, HuggingFace ViT/DeiT, torchvision ViT); others are refused, as are
-    attention-pooled heads, whose LeGrad differentiates the pooler's attention instead.
+    timm ViT/DeiT/Eva/BEiT, HuggingFace ViT/DeiT/BEiT/Data2Vec/DINOv2, torchvision ViT);
+    the zero-shot CLIP classifiers (no head declared: the authors' CLIP path is not
+    implemented) and attention-pooled heads (whose LeGrad differentiates the pooler's
+    attention) are refused.
 
     Args:
         start_layer: The first block whose map is used (negative counts from the end):
