@@ -81,7 +81,7 @@ def _load_without_package_init(name: str) -> types.ModuleType:
         raise ImportError("lxt is not installed: pip install xvit[lrp]")
     before = set(sys.modules)
     package = types.ModuleType("lxt.efficient")
-    package.__path__ = [f"{list(spec.submodule_search_locations)[0]}/efficient"]
+    package.__path__ = [f"{next(iter(spec.submodule_search_locations))}/efficient"]
     sys.modules["lxt.efficient"] = package
     try:
         return importlib.import_module(f"lxt.efficient.{name}")
