@@ -20,8 +20,8 @@ from torch import nn
 from .._constraints import Real, Spec
 from .._errors import UnsupportedModelError
 from .._targets import Target, gradient_scores
-from ..models._base import ModelAdapter
-from ._base import Explainer
+from ..models._base import Geometry, ModelAdapter
+from ._base import Cost, Explainer
 from ._registration import register_method
 
 #: The families lxt's ViT rules reach: their blocks use torch's GELU and LayerNorm (or a
@@ -224,6 +224,11 @@ class AttnLRP(Explainer):
     def __init__(self, *, conv_gamma: float = 0.25, linear_gamma: float = 0.05) -> None:
         self.conv_gamma = conv_gamma
         self.linear_gamma = linear_gamma
+
+    def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
+        # zennit's Gamma rule recomputes every Conv2d and Linear in the backward, under lxt's
+        # patch with a graph kept for higher derivatives: about three gradient passes
+        return Cost(gradient_passes=3)
 
     @classmethod
     def supports(cls, adapter: ModelAdapter) -> bool:
