@@ -175,7 +175,8 @@ def builtin_adapters() -> list[tuple[str, type[xvit.ModelAdapter]]]:
 
 def families_table() -> str:
     """The adapters with their models, then family x method: ✓ where the adapter's
-    capabilities cover what the method needs, else the missing capabilities."""
+    capabilities cover what the method needs and the method ``supports`` the adapter (read
+    from its class), else the missing capabilities or "refused"."""
     lines = ["| adapter | models |", "|---|---|"]
     for name, cls in builtin_adapters():
         lines.append(f'| `{cls.__name__}` (`"{name}"`) | {_cell(cls.description)} |')
@@ -186,7 +187,10 @@ def families_table() -> str:
         cells = []
         for method in methods:
             missing = [c for c in method.capabilities_needed() if c not in cls.capabilities]
-            cells.append("✓" if not missing else "needs " + ", ".join(missing))
+            if missing:
+                cells.append("needs " + ", ".join(missing))
+            else:  # a method may narrow what it supports further (a family list)
+                cells.append("✓" if method.supports(cls) else "refused")
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

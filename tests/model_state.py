@@ -14,6 +14,10 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
     attention settings."""
     state: dict[str, Any] = {"hooks": xvit.hook_counts(model)}
     state["classes"] = {n: type(m) for n, m in model.named_modules()}  # no class swapped
+    # no forward replaced, on the module or on its class (lxt patches classes)
+    state["forwards"] = {
+        n: (vars(type(m)).get("forward"), vars(m).get("forward")) for n, m in model.named_modules()
+    }
     state["modes"] = {n: m.training for n, m in model.named_modules()}
     state["fused"] = {n: m.fused_attn for n, m in model.named_modules() if hasattr(m, "fused_attn")}
     cfg = getattr(model, "config", None)

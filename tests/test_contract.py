@@ -47,6 +47,9 @@ def check_method_contract(method: str, model: torch.nn.Module) -> None:
         params["seed"] = 0
     x = model_input(model, batch=2)
     before = snapshot(model)
+    if refused_clearly(cls, model, x, params):
+        assert snapshot(model) == before, "the model was modified by a refused call"
+        return
 
     result = xvit.explain(method, model, x, **params)
 
@@ -60,6 +63,21 @@ def check_method_contract(method: str, model: torch.nn.Module) -> None:
     # batch equivalence: each image alone gives the same map as in the batch
     one = xvit.explain(method, model, x[1:2], target=result.targets[1:2], **params)
     torch.testing.assert_close(one.map[0], result.map[1], rtol=1e-4, atol=1e-5)
+
+
+def refused_clearly(cls: type[xvit.Explainer], model: torch.nn.Module, x, params) -> bool:
+    """True after checking the refusal when the method cannot run here (its optional extra
+    is missing: a MissingDependencyError naming the install command) or cannot explain this
+    model (it does not ``supports`` it: an UnsupportedModelError naming the method)."""
+    if cls.unavailable_reason():
+        with pytest.raises(xvit.MissingDependencyError, match=r"pip install xvit\["):
+            xvit.explain(cls.name, model, x, **params)
+        return True
+    if not cls.supports(xvit.get_adapter(model)):
+        with pytest.raises(xvit.UnsupportedModelError, match=cls.name):
+            xvit.explain(cls.name, model, x, **params)
+        return True
+    return False
 
 
 @pytest.mark.parametrize("metric", METRICS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from ._errors import (
     CaptureError,
     InvalidInputError,
+    MissingDependencyError,
     ModelLoadError,
     ModelOutputError,
     ParameterError,
@@ -59,6 +60,7 @@ __all__ = [
     "FamilyAdapter",
     "Geometry",
     "InvalidInputError",
+    "MissingDependencyError",
     "ModelAdapter",
     "ModelLoadError",
     "ModelOutputError",

@@ -63,7 +63,8 @@ class Selection:
 
     Attributes:
         registry: Where the names are looked up (methods, metrics).
-        spec: The names as given: comma-separated, ``"all"`` for every registered one, or
+        spec: The names as given: comma-separated, ``"all"`` for every registered one that
+            can run here (:meth:`~xvit._registry.Registry.usable`), or
             ``"default"`` for every one not marked ``expensive``.
         option: The command-line option that chooses them (``--methods``), for messages.
     """
@@ -76,9 +77,9 @@ class Selection:
         """The chosen names, each checked against the registry (unknown: did you mean ...)."""
         kind = self.registry.kind
         if self.spec.strip() == "all":
-            return self.registry.names()
+            return self.registry.usable()
         if self.spec.strip() == "default":
-            names = self.registry.names()
+            names = self.registry.usable()
             return [n for n in names if not getattr(self.registry.get(n), "expensive", False)]
         names = [n.strip() for n in self.spec.split(",") if n.strip()]
         if not names:

@@ -120,3 +120,14 @@ class ModelOutputError(XvitError, RuntimeError):
         ...     print(type(exc).__name__)
         ModelOutputError
     """
+
+
+class MissingDependencyError(XvitError, ImportError):
+    """A method needs an optional package that is not installed; the message names the
+    install command (``pip install xvit[extra]``).
+
+    Example:
+        >>> import xvit
+        >>> issubclass(xvit.MissingDependencyError, ImportError)
+        True
+    """

@@ -105,6 +105,25 @@ class Registry(Generic[T]):
         for name in self.names():
             yield name, self._entries[name]
 
+    def usable(self, names: list[str] | None = None) -> list[str]:
+        """``names`` (default: every registered name) without the entries that declare
+        themselves unavailable, with one warning naming those and how to install what they
+        lack.
+
+        An entry is unavailable when it has an ``unavailable_reason()`` that returns a
+        sentence (an :class:`~xvit.Explainer` whose optional dependencies are missing); the
+        other entries are always usable.
+        """
+        names = self.names() if names is None else names
+        reasons = {name: unavailable_reason(self.get(name)) for name in names}
+        skipped = [f"{name} ({why})" for name, why in reasons.items() if why]
+        if skipped:
+            warnings.warn(
+                f"skipping the {self.kind}s that cannot run here: {'; '.join(skipped)}",
+                stacklevel=2,
+            )
+        return [name for name in names if not reasons[name]]
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.names()
 
@@ -135,6 +154,12 @@ class Registry(Generic[T]):
                 )
                 continue
             self._entries.setdefault(ep.name, obj)
+
+
+def unavailable_reason(obj: Any) -> str | None:
+    """Why a registry entry cannot run here (its ``unavailable_reason()``), or None."""
+    reason = getattr(obj, "unavailable_reason", None)
+    return reason() if callable(reason) else None
 
 
 def _entry_points(group: str) -> list[metadata.EntryPoint]:

@@ -42,7 +42,10 @@ def list_cmd(section: str | None) -> None:
     from . import method_registry, model_aliases
 
     sections: list[tuple[str, list[tuple[str, str, str]]]] = [
-        ("methods", [(name, cls.summary, cls.paper) for name, cls in method_registry.items()])
+        (
+            "methods",
+            [(name, _method_summary(cls), cls.paper) for name, cls in method_registry.items()],
+        )
     ]
     for title, registry in _optional_registries():
         sections.append(
@@ -62,6 +65,12 @@ def list_cmd(section: str | None) -> None:
             click.echo(f"  {name:<{width}}  {plain_text(summary)}".rstrip())
             if paper:
                 click.echo(f"  {'':<{width}}    paper: {plain_text(paper)}")
+
+
+def _method_summary(cls: Any) -> str:
+    """A method's summary, and why it cannot run here when its extras are missing."""
+    reason = cls.unavailable_reason()
+    return f"{cls.summary} [unavailable: {reason}]" if reason else str(cls.summary)
 
 
 def _summary_and_paper(obj: Any) -> tuple[str, str]:

@@ -32,12 +32,13 @@ DEMO_ROWS_PER_STEP = 2
 
 
 def demo_methods() -> list[Any]:
-    """Every registered method, with its ``demo_params`` (cheaper settings than its defaults
-    where those would take too long on a laptop CPU)."""
+    """Every registered method that can run here, with its ``demo_params`` (cheaper
+    settings than its defaults where those would take too long on a laptop CPU)."""
     from .api import make_explainer
-    from .methods import get_method, list_methods
+    from .methods import get_method, method_registry
 
-    return [make_explainer(name, **get_method(name).demo_params) for name in list_methods()]
+    names = method_registry.usable()  # without the methods whose extras are not installed
+    return [make_explainer(name, **get_method(name).demo_params) for name in names]
 
 
 def demo_metrics(input_size: tuple[int, int]) -> list[Any]:

@@ -14,7 +14,7 @@ from .._errors import InvalidInputError, ParameterError
 from .._settings import parse_spec
 from ..api import make_explainer
 from ..methods._base import Explainer
-from ..methods._registration import get_method, list_methods
+from ..methods._registration import get_method, method_registry
 from ..metrics._base import Metric
 from ..metrics._registration import get_metric, list_metrics
 from ..models import get_adapter, load_model
@@ -42,13 +42,14 @@ def _once(names: Sequence[str], kind: str) -> None:
 
 
 def resolve_methods(spec: Any) -> list[Explainer]:
-    """Explainers from ``"all"``, a comma list of names, or names/classes/instances.
+    """Explainers from ``"all"`` (those that can run here), a comma list of names, or
+    names/classes/instances.
 
     Example:
         >>> [type(e).__name__ for e in resolve_methods("gradcam,rollout")]
         ['GradCAM', 'AttentionRollout']
     """
-    items = list_methods() if spec == "all" else _names(spec, "methods")
+    items = method_registry.usable() if spec == "all" else _names(spec, "methods")
     explainers = [
         make_explainer(item if isinstance(item, Explainer) else get_method(item)) for item in items
     ]

@@ -3,6 +3,7 @@ around the one step a method implements, :meth:`Explainer.compute`."""
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -15,7 +16,13 @@ from torch import nn
 
 from .._configurable import Configurable
 from .._constraints import check_param
-from .._errors import InvalidInputError, ModelOutputError, UnsupportedModelError, XvitError
+from .._errors import (
+    InvalidInputError,
+    MissingDependencyError,
+    ModelOutputError,
+    UnsupportedModelError,
+    XvitError,
+)
 from .._forward import FORWARD_CONSTRAINTS, backing_off
 from .._targets import Target, TargetScore, is_score
 from ..models import adapters, get_adapter, model_lock, preserved_state
@@ -87,7 +94,8 @@ class Explainer(Configurable, ABC):
         name: Registry name.
         summary: One line for ``xvit list``.
         paper: The paper the method implements.
-        family: "gradient+mask", "attention", "attention+gradient", "cam", "perturbation".
+        family: "gradient+mask", "attention", "attention+gradient", "cam", "perturbation",
+            "lrp".
         needs_gradients: Whether it backpropagates through the model (the default
             :meth:`cost` is then one gradient pass).
         needs_attention: Whether it reads attention probabilities (:meth:`attribute` then
@@ -106,6 +114,11 @@ class Explainer(Configurable, ABC):
         quick_params: Parameters for a cheap but valid run (used by smoke tests).
         demo_params: Parameters ``xvit demo`` runs the method with, where its defaults would
             take too long on a laptop CPU (empty: the defaults). The README says which.
+        requires: Import names of optional packages the method runs on (``("lxt",)``);
+            where one is missing the method is listed as unavailable, skipped by ``all`` in
+            ``xvit bench``/``xvit demo``, and :meth:`attribute` raises
+            :class:`~xvit.MissingDependencyError` naming the install command.
+        extra: The pip extra of xvit that installs them (``"lrp"``: ``pip install xvit[lrp]``).
 
     Example:
         >>> import torch, xvit
@@ -128,6 +141,8 @@ class Explainer(Configurable, ABC):
     score_targets: ClassVar[bool] = False
     quick_params: ClassVar[dict[str, Any]] = {}
     demo_params: ClassVar[dict[str, Any]] = {}
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         own = cls.__dict__.get("attribute")
@@ -212,6 +227,33 @@ class Explainer(Configurable, ABC):
         """
 
     @classmethod
+    def missing_requirements(cls) -> tuple[str, ...]:
+        """The packages of ``requires`` that cannot be imported here (found without
+        importing them).
+
+        Example:
+            >>> import xvit
+            >>> xvit.get_method("gae").missing_requirements()
+            ()
+        """
+        return tuple(name for name in cls.requires if importlib.util.find_spec(name) is None)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why the method cannot run here, with the install command, or None when it can.
+
+        Example:
+            >>> import xvit
+            >>> xvit.get_method("gradmask").unavailable_reason() is None
+            True
+        """
+        missing = cls.missing_requirements()
+        if not missing:
+            return None
+        install = f"pip install xvit[{cls.extra}]" if cls.extra else f"pip install {missing[0]}"
+        return f"needs {', '.join(missing)} (not installed): {install}"
+
+    @classmethod
     def capabilities_needed(cls) -> tuple[str, ...]:
         """The adapter capabilities this method needs ("qkv", "attention"), from its flags.
 
@@ -222,6 +264,21 @@ class Explainer(Configurable, ABC):
         """
         flags = (("qkv", cls.needs_qkv), ("attention", cls.needs_attention))
         return tuple(name for name, needed in flags if needed)
+
+    @classmethod
+    def supports(cls, adapter: ModelAdapter) -> bool:
+        """Whether the method can explain this adapter's model: it has every capability the
+        method needs (:meth:`capabilities_needed`). Methods with narrower needs (a family
+        list, a kind of head) override it; :meth:`attribute` refuses the others with an
+        :class:`~xvit.UnsupportedModelError` that says why.
+
+        Example:
+            >>> import xvit
+            >>> adapter = xvit.get_adapter(xvit.load_model("xvit:digits-vit"))
+            >>> xvit.get_method("gae").supports(adapter)
+            True
+        """
+        return set(cls.capabilities_needed()) <= set(adapter.capabilities)
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
         """The passes through the model :meth:`attribute` makes per image, with these
@@ -260,6 +317,9 @@ def _checked_call(explainer: Explainer, adapter: ModelAdapter, inputs: Any, targ
     """Check what :meth:`Explainer.attribute` was given; the target on the input's device
     (a score function as a :class:`~xvit._targets.TargetScore`)."""
     who = _label(explainer)
+    reason = type(explainer).unavailable_reason()
+    if reason:
+        raise MissingDependencyError(f"{who} {reason}")
     if not isinstance(inputs, torch.Tensor):
         raise InvalidInputError(
             f"{who}: attribute takes a preprocessed B x C x H x W tensor, got a "

@@ -141,7 +141,9 @@ class BlockSources:
     """The capture points of one transformer block.
 
     ``attention`` is None where the block's attention probabilities cannot be had; ``tokens``
-    is the block's own token layout (None: the model's, from its :class:`Geometry`).
+    is the block's own token layout (None: the model's, from its :class:`Geometry`);
+    ``output`` is the module whose (first) output is the block's output token sequence
+    (the block itself; None where the adapter does not say).
 
     Example:
         >>> import xvit
@@ -155,6 +157,7 @@ class BlockSources:
     norm1: nn.Module
     extra: dict[str, nn.Module] = field(default_factory=dict)
     tokens: TokenLayout | None = None
+    output: nn.Module | None = None
 
 
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -332,6 +335,22 @@ class ModelAdapter(ABC):
         For models with a distillation head this is the mean of both heads, as the models
         themselves report in eval mode.
         """
+
+    def head_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits the model's final norm, pooling and classifier give for a B x N x D
+        token sequence taken as the last block's output (adapters with the ``"head"``
+        capability; others raise :class:`~xvit.UnsupportedModelError`).
+
+        Example:
+            >>> import torch, xvit
+            >>> adapter = xvit.get_adapter(xvit.load_model("xvit:digits-vit"))
+            >>> adapter.head_logits(torch.randn(2, 65, 96)).shape
+            torch.Size([2, 10])
+        """
+        raise UnsupportedModelError(
+            f"{type(self).__name__} does not declare the final norm and classifier of a "
+            f"{type(self.model).__name__} (the 'head' capability); choose another method"
+        )
 
     def scoring_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for the masked forwards, where only the output matters (no captures).

@@ -262,9 +262,15 @@ class Capture:
         return t
 
     @staticmethod
-    def grads(score: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """d score / d tensor for each tensor; zeros where the score does not depend on it."""
+    def grads(
+        score: torch.Tensor, tensors: Sequence[torch.Tensor], *, retain_graph: bool = False
+    ) -> list[torch.Tensor]:
+        """d score / d tensor for each tensor; zeros where the score does not depend on it.
+        ``retain_graph`` keeps the forward's graph for another score (one per block in
+        LeGrad)."""
         if not score.requires_grad:
             raise CaptureError("the score does not depend on the captured tensors")
-        grads = torch.autograd.grad(score, list(tensors), allow_unused=True)
+        grads = torch.autograd.grad(
+            score, list(tensors), allow_unused=True, retain_graph=retain_graph
+        )
         return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]

@@ -151,6 +151,10 @@ class Family:
             :class:`~xvit.UnsupportedModelError` for a model whose modules do not fit), or
             None where the family's blocks have another shape. Declaring it adds the
             ``"prenorm"`` capability.
+        head: ``(model, tokens) -> logits``: the model's final norm, pooling and classifier
+            applied to a B x N x D token sequence taken as the last block's output (for
+            methods that read every block through the head, LeGrad); None where the family
+            does not declare it. A family with a head also has the ``"head"`` capability.
 
     Example:
         >>> import xvit
@@ -183,6 +187,7 @@ class Family:
     check: Callable[[Any], None] = lambda model: None
     capabilities: frozenset[str] = field(default=frozenset({"qkv", "attention"}))
     prenorm: Callable[[Any], PreNormViT] | None = None
+    head: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
 
 
 class FamilyAdapter(ModelAdapter):
@@ -212,7 +217,8 @@ class FamilyAdapter(ModelAdapter):
                 cls.description = family.description
             if "capabilities" not in cls.__dict__:
                 declared = frozenset({PRENORM}) if family.prenorm is not None else frozenset()
-                cls.capabilities = family.capabilities | declared
+                head = frozenset({"head"}) if family.head is not None else frozenset()
+                cls.capabilities = family.capabilities | declared | head
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -263,7 +269,11 @@ class FamilyAdapter(ModelAdapter):
         tokens = TokenLayout(int(f.prefix_tokens(m)), f.patch_size(m))
         return [
             BlockSources(
-                qkv=f.qkv(block), attention=f.attention(block), norm1=f.norm1(block), tokens=tokens
+                qkv=f.qkv(block),
+                attention=f.attention(block),
+                norm1=f.norm1(block),
+                tokens=tokens,
+                output=block,
             )
             for block in f.blocks(m)
         ]
@@ -276,6 +286,11 @@ class FamilyAdapter(ModelAdapter):
     # --- running --------------------------------------------------------------------------
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.family.logits(self.model, x)
+
+    def head_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.family.head is None:
+            return super().head_logits(tokens)
+        return self.family.head(self.model, tokens)
 
     def scoring_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The forward, or the family's exact last-block shortcut where the head reads only

@@ -127,6 +127,13 @@ def _logits(model: Any, x: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=x).logits  # type: ignore[no-any-return]
 
 
+def _head(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """The final layernorm (Identity under mean pooling), the pooler (CLS row, or the
+    layernormed mean of the patch rows) and the classifier."""
+    backbone: Any = _backbone(model)
+    return model.classifier(backbone.pooler(backbone.layernorm(tokens)))  # type: ignore[no-any-return]
+
+
 #: HF ViT's declaration (config-read geometry, q/k/v projections, class names) with what
 #: BEiT and Data2VecVision do differently: their backbones and layouts, the attention module,
 #: one CLS token whatever the head reads, any input size, mean or CLS pooling (no last-block
@@ -150,6 +157,7 @@ HF_BEIT = replace(
     prefix_rows_logits=lambda model, x: None,
     prenorm=None,  # other block shapes
     check=_check,
+    head=_head,
 )
 
 

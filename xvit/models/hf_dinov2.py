@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from ._base import inherits, pair
@@ -47,6 +48,14 @@ def _preprocessing(model: Any) -> Preprocessing:
     )
 
 
+def _head(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """The final layernorm, then the classifier on [CLS, mean of the patch rows]."""
+    backbone: Any = _backbone(model)
+    h = backbone.layernorm(tokens)
+    pooled = torch.cat([h[:, 0], h[:, _prefix(model) :].mean(dim=1)], dim=1)
+    return model.classifier(pooled)  # type: ignore[no-any-return]
+
+
 #: HF ViT's declaration (config-read geometry, q/k/v projections, class names) with what
 #: DINOv2 does differently: its backbone, norm name, register tokens, any input size and a
 #: head that reads the CLS token and the patch mean (no last-block shortcut).
@@ -67,6 +76,7 @@ HF_DINOV2 = replace(
     prefix_rows_logits=lambda model, x: None,
     prenorm=None,  # other block shapes
     check=lambda model: check_projections(model, encoder_layers(_backbone(model))),
+    head=_head,
 )
 
 

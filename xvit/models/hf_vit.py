@@ -207,6 +207,15 @@ def _prenorm(model: Any) -> PreNormViT:
     )
 
 
+def _head(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """The final layernorm and the classifier(s) on the CLS (and distillation) row."""
+    backbone: Any = backbone_of(model)
+    h = backbone.layernorm(tokens)
+    if hasattr(model, "distillation_classifier"):
+        return (model.cls_classifier(h[:, 0]) + model.distillation_classifier(h[:, 1])) / 2
+    return model.classifier(h[:, 0])  # type: ignore[no-any-return]
+
+
 HF_VIT = Family(
     name="hf",
     description=(
@@ -232,6 +241,7 @@ HF_VIT = Family(
     prefix_rows_logits=lambda model, x: prefix_rows_logits(model, x),
     check=lambda model: check_projections(model, encoder_layers(backbone_of(model))),
     prenorm=_prenorm,
+    head=_head,
 )
 
 

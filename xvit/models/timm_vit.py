@@ -58,6 +58,14 @@ def _logits(model: Any, x: torch.Tensor) -> torch.Tensor:
     return out  # type: ignore[no-any-return]
 
 
+def _head(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """The final norm, pooling and classifier (both heads' mean when distilled)."""
+    out = model.forward_head(model.norm(tokens))
+    if isinstance(out, (tuple, list)):
+        out = (out[0] + out[1]) / 2
+    return out  # type: ignore[no-any-return]
+
+
 def timm_preprocessing(model: Any, size: tuple[int, int]) -> Preprocessing:
     """A timm model's attached preprocessing, else the one its ``pretrained_cfg`` names."""
     attached = attached_preprocessing(model)
@@ -203,6 +211,7 @@ TIMM_VIT = Family(
     prefix_rows_logits=_prefix_rows_logits,
     check=_check,
     prenorm=_prenorm,
+    head=_head,
 )
 
 

@@ -84,6 +84,7 @@ TORCHVISION_VIT = Family(
     num_classes=lambda model: int(model.num_classes),
     preprocessing=_preprocessing,
     check=_check,
+    head=lambda model, tokens: model.heads(model.encoder.ln(tokens)[:, 0]),
 )
 
 
