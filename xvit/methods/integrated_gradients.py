@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .._constraints import Integer, OneOf, Real, Rule, Spec
+from .._constraints import Integer, OneOf, Spec
 from .._errors import ParameterError, UnsupportedModelError
 from .._forward import FORWARD_CONSTRAINTS
 from .._targets import Target
@@ -65,13 +65,13 @@ class IntegratedGradients(Explainer):
 
     - ``baseline="black"``: the paper's black image, i.e. the black image as the model sees
       it after preprocessing, ``(0 - mean) / std`` per channel. ``"zero"`` is the all-zero
-      model input instead (the normalised mean colour, Captum's default baseline); a number
-      is a constant model input.
+      model input instead (the normalised mean colour, Captum's default baseline).
     - ``n_steps=51`` with ``rule="riemann_trapezoid"``: the authors' code (50 intervals of
       the trapezoid rule, 51 gradients from the baseline to the input); the paper suggests
       20 to 300 steps. ``n_steps`` counts gradients for every rule. The rules are Captum's:
       the left, right (the paper's sum, Eq. 3) and middle Riemann sums, and Gauss-Legendre
-      (Captum's default, exact for smoother paths with fewer steps). Captum's
+      (Captum's default, closer to the integral than the others for the same steps on a
+      smooth path; with the digits ViT 8 points are within 8 % of the default). Captum's
       ``riemann_trapezoid`` weights sum to ``1 - 1 / n_steps``, so its attributions are
       ``(n_steps - 1) / n_steps`` of these (the authors' and the textbook rule).
     - ``pooling="signed"``: patch score = sum of the signed attributions of its pixels and
@@ -84,7 +84,7 @@ class IntegratedGradients(Explainer):
     target (see :func:`xvit.explain`), F is that score instead of the target logit.
 
     Args:
-        baseline: "black" (default), "zero", or a number (a constant model input).
+        baseline: "black" (default) or "zero" (see above).
         n_steps: Points on the path, i.e. gradients per image.
         rule: Integration rule: "riemann_trapezoid" (default), "riemann_left",
             "riemann_right", "riemann_middle" or "gausslegendre".
@@ -116,7 +116,7 @@ class IntegratedGradients(Explainer):
     # L2 norm, on the digits) of the default's
     demo_params: ClassVar[dict[str, Any]] = {"n_steps": 8, "rule": "gausslegendre"}
     parameter_constraints: ClassVar[dict[str, Spec]] = {
-        "baseline": Rule(OneOf("black", "zero"), Real()),
+        "baseline": OneOf("black", "zero"),
         "n_steps": Integer(low=1),
         "rule": OneOf(*RULES),
         "pooling": POOLING,
@@ -126,7 +126,7 @@ class IntegratedGradients(Explainer):
     def __init__(
         self,
         *,
-        baseline: str | float = "black",
+        baseline: str = "black",
         n_steps: int = 51,
         rule: str = "riemann_trapezoid",
         pooling: str = "signed",
@@ -146,15 +146,13 @@ class IntegratedGradients(Explainer):
         """The baseline as a model input, broadcastable to ``inputs`` (B x C x H x W)."""
         if self.baseline == "zero":
             return torch.zeros((), dtype=inputs.dtype, device=inputs.device)
-        if self.baseline != "black":
-            return torch.tensor(float(self.baseline), dtype=inputs.dtype, device=inputs.device)
         prep = adapter.preprocessing
         channels = int(inputs.shape[1])
         if len(prep.mean) != channels or len(prep.std) != channels:
             raise UnsupportedModelError(
                 f"integrated_gradients: the model's preprocessing has {len(prep.mean)} channel "
                 f"means but its inputs have {channels} channels, so the black image is unknown; "
-                f"pass baseline='zero' or a number"
+                f"pass baseline='zero'"
             )
         mean = torch.tensor(prep.mean, dtype=torch.float64)
         std = torch.tensor(prep.std, dtype=torch.float64)
