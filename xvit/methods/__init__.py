@@ -3,8 +3,9 @@ registry, ``xvit.method_registry``.
 
 Shared helpers live in private modules named for what they hold: ``_attention`` (capture and
 head fusion), ``_gradients`` (the target-logit gradient pass), ``_layers`` (the ``layer``
-parameter), ``_scoring`` (the mask-scoring kernel). A method file imports only those, never a
-sibling method.
+parameter), ``_scoring`` (the mask-scoring kernel), ``_pixels`` (input gradients in chunks
+and patch pooling of the pixel methods). A method file imports only those, never a sibling
+method.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from . import (  # noqa: F401
     gae,
     gradcam,
     gradmask,
+    integrated_gradients,
     legrad,
     random_map,
     rise,
     rollout,
+    smoothgrad,
     vitcx,
 )
 from ._base import Cost, Explainer

@@ -1,6 +1,6 @@
 """The gradient pass the gradient-based methods share: one forward of the target logit (or
 the target score function) with gradients, while a :class:`~xvit.models.Capture` records
-what the method reads."""
+what the method reads; or, for the pixel methods, the gradient with respect to the input."""
 
 from __future__ import annotations
 
@@ -40,11 +40,34 @@ def target_gradient_pass(
     x = inputs.detach().requires_grad_(True)
     with torch.enable_grad(), Capture(adapter, **capture) as cap:
         logits = adapter.logits(x)
-        scores = gradient_scores(logits, target)
-        if isinstance(target, TargetScore) and not scores.requires_grad:
-            raise InvalidInputError(
-                f"target score {target.name} is not differentiable in the logits (its result "
-                f"does not require grad): gradient methods differentiate it, so build it from "
-                f"the logits with torch operations, without .detach(), .item() or numpy"
-            )
-        yield cap, logits, scores.sum()
+        yield cap, logits, differentiable_scores(logits, target).sum()
+
+
+def differentiable_scores(logits: torch.Tensor, target: Target) -> torch.Tensor:
+    """:func:`~xvit._targets.gradient_scores`, refusing a score function whose result does not
+    depend on the logits through autograd."""
+    scores = gradient_scores(logits, target)
+    if isinstance(target, TargetScore) and not scores.requires_grad:
+        raise InvalidInputError(
+            f"target score {target.name} is not differentiable in the logits (its result "
+            f"does not require grad): gradient methods differentiate it, so build it from "
+            f"the logits with torch operations, without .detach(), .item() or numpy"
+        )
+    return scores
+
+
+def input_gradients(adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
+    """d score / d input of each image (B x C x H x W): one forward with gradients and no
+    capture; the score is each image's target logit, or the target score function's score.
+
+    Example:
+        >>> import xvit
+        >>> adapter = xvit.get_adapter(xvit.load_model("xvit:digits-vit"))
+        >>> input_gradients(adapter, torch.zeros(2, 3, 64, 64), torch.tensor([1, 7])).shape
+        torch.Size([2, 3, 64, 64])
+    """
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        score = differentiable_scores(adapter.logits(x), target).sum()
+        (grad,) = torch.autograd.grad(score, [x])
+    return grad
