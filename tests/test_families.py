@@ -37,11 +37,18 @@ def test_every_method_runs_and_leaves_the_model_untouched(family: str) -> None:
     x = _input(model)
     geo = xvit.get_adapter(model).geometry
     before = snapshot(model)
+    capabilities = xvit.get_adapter(model).capabilities
     for method in xvit.list_methods():
         cls = xvit.get_method(method)
         params = dict(cls.quick_params)
         if cls.randomized:
             params["seed"] = 0
+        missing = [c for c in cls.capabilities_needed() if c not in capabilities]
+        if missing:  # refused clearly, the missing capability named, the model untouched
+            with pytest.raises(xvit.UnsupportedModelError, match=repr(missing[0])):
+                xvit.explain(method, model, x, **params)
+            assert snapshot(model) == before, method
+            continue
         result = xvit.explain(method, model, x, **params)
         assert torch.isfinite(result.map).all(), method
         assert tuple(result.map.shape) in ((2, *geo.grid()), (2, *geo.image_size)), method

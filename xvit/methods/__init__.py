@@ -12,7 +12,18 @@ from __future__ import annotations
 import sys
 
 # the built-ins register themselves on import
-from . import attention, gae, gradcam, gradmask, random_map, rise, rollout, vitcx  # noqa: F401
+from . import (  # noqa: F401
+    attention,
+    gae,
+    gradcam,
+    gradmask,
+    occlusion,
+    random_map,
+    rise,
+    rollout,
+    tis,
+    vitcx,
+)
 from ._base import Cost, Explainer
 from ._legacy_registry import RegistryPackage
 from ._registration import get_method, list_methods, method_registry, register_method

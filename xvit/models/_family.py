@@ -22,6 +22,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import (
+    TOKEN_SUBSET,
     AttentionSource,
     BlockSources,
     Geometry,
@@ -146,6 +147,10 @@ class Family:
         check: Raises :class:`~xvit.UnsupportedModelError` when a model of the family was
             modified so that it no longer has the declared structure.
         capabilities: What the adapter gives the methods (``"qkv"``, ``"attention"``).
+        token_entry: The module whose output is the token sequence the first block reads
+            (prefix and patch tokens, positions added), where no later module needs a
+            token's position (no relative position bias, no rotary embedding); None where
+            that does not hold. Declaring it adds the ``"token_subset"`` capability.
 
     Example:
         >>> import xvit
@@ -177,13 +182,15 @@ class Family:
     prefix_rows_logits: Callable[[Any, torch.Tensor], torch.Tensor | None] = _none
     check: Callable[[Any], None] = lambda model: None
     capabilities: frozenset[str] = field(default=frozenset({"qkv", "attention"}))
+    token_entry: Callable[[Any], nn.Module] | None = None
 
 
 class FamilyAdapter(ModelAdapter):
     """The adapter of a declared :class:`Family`: the public base for new families.
 
     A subclass sets ``family`` (and may override any member, e.g. ``preprocessing``);
-    ``framework``, ``description`` and ``capabilities`` come from the declaration.
+    ``framework``, ``description`` and ``capabilities`` come from the declaration (with
+    ``"token_subset"`` where it declares a ``token_entry``).
 
     Example:
         >>> import timm, xvit
@@ -205,7 +212,8 @@ class FamilyAdapter(ModelAdapter):
             if "description" not in cls.__dict__:
                 cls.description = family.description
             if "capabilities" not in cls.__dict__:
-                cls.capabilities = family.capabilities
+                tokens = {TOKEN_SUBSET} if family.token_entry is not None else set()
+                cls.capabilities = family.capabilities | tokens
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -256,10 +264,19 @@ class FamilyAdapter(ModelAdapter):
         tokens = TokenLayout(int(f.prefix_tokens(m)), f.patch_size(m))
         return [
             BlockSources(
-                qkv=f.qkv(block), attention=f.attention(block), norm1=f.norm1(block), tokens=tokens
+                qkv=f.qkv(block),
+                attention=f.attention(block),
+                norm1=f.norm1(block),
+                tokens=tokens,
+                module=block,
             )
             for block in f.blocks(m)
         ]
+
+    def token_entry(self) -> nn.Module:
+        if self.family.token_entry is None:
+            return super().token_entry()
+        return self.family.token_entry(self.model)
 
     # --- running --------------------------------------------------------------------------
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -149,6 +149,7 @@ HF_BEIT = replace(
     preprocessing=_preprocessing,
     prefix_rows_logits=lambda model, x: None,
     check=_check,
+    token_entry=None,  # the relative position bias needs every token's place in the grid
 )
 
 

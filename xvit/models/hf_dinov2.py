@@ -66,6 +66,7 @@ HF_DINOV2 = replace(
     preprocessing=_preprocessing,
     prefix_rows_logits=lambda model, x: None,
     check=lambda model: check_projections(model, encoder_layers(_backbone(model))),
+    token_entry=lambda model: _backbone(model).embeddings,  # registers after the positions
 )
 
 

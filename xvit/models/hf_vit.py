@@ -176,6 +176,7 @@ HF_VIT = Family(
     class_names=lambda model, n: hf_class_names(model.config, n),
     prefix_rows_logits=lambda model, x: prefix_rows_logits(model, x),
     check=lambda model: check_projections(model, encoder_layers(backbone_of(model))),
+    token_entry=lambda model: backbone_of(model).embeddings,
 )
 
 

@@ -129,6 +129,7 @@ HF_ZERO_SHOT = Family(
     eager=hf_eager,
     preprocessing=_preprocessing,
     check=_check,
+    token_entry=lambda model: _tower(model).embeddings,
     **CLASSIFIER_HEAD,
 )
 

@@ -72,6 +72,7 @@ def _family(name: str, classes: tuple[str, ...], description: str) -> Family:
         logits=lambda model, x: model(x),
         prefix_rows_logits=lambda model, x: None,
         check=_check,
+        token_entry=None,  # rope and relative bias need every token's place in the grid
     )
 
 

@@ -135,6 +135,7 @@ TIMM_VIT = Family(
     class_names=timm_class_names,
     prefix_rows_logits=_prefix_rows_logits,
     check=_check,
+    token_entry=lambda model: model.pos_drop,  # _pos_embed ends with it
 )
 
 

@@ -84,6 +84,7 @@ TORCHVISION_VIT = Family(
     num_classes=lambda model: int(model.num_classes),
     preprocessing=_preprocessing,
     check=_check,
+    token_entry=lambda model: model.encoder.dropout,  # right after the position embedding
 )
 
 
