@@ -64,6 +64,21 @@ def fused_attn_off(model: nn.Module, modules: Sequence[object]) -> Iterator[None
         yield
 
 
+def child(parent: Any, name: str) -> nn.Module:
+    """``parent.<name>``, which must be a module (the family's structure was changed if not).
+
+    Example:
+        >>> child(nn.Sequential(nn.ReLU()), "0")
+        ReLU()
+    """
+    module = getattr(parent, name, None)
+    if not isinstance(module, nn.Module):
+        raise UnsupportedModelError(
+            f"this {type(parent).__name__} has no module {name!r}; its structure was modified"
+        )
+    return module
+
+
 def legacy_transformers() -> bool:
     """Whether the transformers that is imported is a 4.x release (read from the module the
     models came from; transformers is not imported here)."""

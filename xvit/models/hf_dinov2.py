@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from ._base import inherits, pair
-from ._family import FamilyAdapter, hf_eager
+from ._family import FamilyAdapter, child, hf_eager
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
 from .hf_vit import HF_VIT, check_projections, encoder_layers
 
@@ -66,7 +66,7 @@ HF_DINOV2 = replace(
     preprocessing=_preprocessing,
     prefix_rows_logits=lambda model, x: None,
     check=lambda model: check_projections(model, encoder_layers(_backbone(model))),
-    token_entry=lambda model: _backbone(model).embeddings,  # registers after the positions
+    token_entry=lambda model: child(_backbone(model), "embeddings"),  # registers: after positions
 )
 
 

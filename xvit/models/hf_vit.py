@@ -12,7 +12,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, QKVSource, inherits, pair
-from ._family import Family, FamilyAdapter, hf_eager, second_tensor
+from ._family import Family, FamilyAdapter, child, hf_eager, second_tensor
 from ._guard import has_hooks
 from ._hf_shortcut import (
     HEADS,
@@ -176,7 +176,7 @@ HF_VIT = Family(
     class_names=lambda model, n: hf_class_names(model.config, n),
     prefix_rows_logits=lambda model, x: prefix_rows_logits(model, x),
     check=lambda model: check_projections(model, encoder_layers(backbone_of(model))),
-    token_entry=lambda model: backbone_of(model).embeddings,
+    token_entry=lambda model: child(backbone_of(model), "embeddings"),
 )
 
 
