@@ -22,10 +22,12 @@ from . import (  # noqa: F401
     gradmask,
     integrated_gradients,
     legrad,
+    occlusion,
     random_map,
     rise,
     rollout,
     smoothgrad,
+    tis,
     vitcx,
 )
 from ._base import Cost, Explainer

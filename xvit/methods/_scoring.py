@@ -17,6 +17,10 @@ Three entry points share one loop:
 - :func:`sum_weighted_masks`: a stream of shared mask chunks (RISE's thousands of random
   masks), reduced on the fly to ``sum_k p_k * m_k`` so memory does not grow with the count.
 
+A mask usually perturbs pixels; with ``token_masks=True`` it names instead the patch tokens
+a copy keeps, and the copy runs on those tokens alone (TIS), through
+:class:`~xvit.models.TokenSubset`.
+
 After each chunk the loop reports the forwards it made to the progress meter of the
 :func:`xvit.explain` call, if any (:func:`xvit._progress.count_forwards`), so that progress
 moves within a method's batch; the report only counts and changes no result.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -37,6 +42,7 @@ from .._forward import resolve_batch_size as resolve_inputs_per_forward
 from .._progress import count_forwards
 from .._targets import Target, TargetScore, masked_scores
 from ..models._base import ModelAdapter, check_finite_logits
+from ..models._capture import TokenSubset
 
 Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -202,6 +208,7 @@ def score_masks(
     perturb: Perturb | None = None,
     upsample: str = "nearest",
     owner: torch.Tensor | None = None,
+    token_masks: bool = False,
     batch_size: int | str | None = None,
     precision: str | None = None,
     compile: bool | None = None,
@@ -230,6 +237,11 @@ def score_masks(
         upsample: Interpolation mode used to bring masks to the input size.
         owner: Optional (K,) image index of each mask of a K x h x w ``masks``: mask k is
             applied to image ``owner[k]`` only, so images may carry different numbers of masks.
+        token_masks: The masks are binary masks on the patch grid (h x w = the grid) naming
+            the patch tokens each copy keeps: the image itself runs through the model with
+            its prefix tokens and those patch tokens only (:class:`~xvit.models.TokenSubset`;
+            the adapter needs the ``"token_subset"`` capability). Every mask keeps the same
+            number of tokens; ``perturb`` and ``upsample`` are not used.
         batch_size: Instead of ``options``: its ``batch_size``.
         precision: Instead of ``options``: its ``precision``.
         compile: Instead of ``options``: its ``compile``.
@@ -272,13 +284,14 @@ def score_masks(
     chunk = opts.inputs_per_forward(adapter.device, c * h * w * inputs.element_size())
     out = torch.empty(total, dtype=torch.float32, device=inputs.device)
     forward = scoring_forward(adapter, opts, pad_to=chunk if opts.compile else None)
+    subset = _token_subset(adapter, masks, (h, w)) if token_masks else None
     if not isinstance(target, torch.Tensor):
         target = TargetScore(target)
     # for a score function: which rows had finite logits, so that a NaN score is blamed on
     # the function or on the model correctly, with one check after the loop
     scored = isinstance(target, TargetScore)
     outputs_finite = torch.ones(total if scored else 0, dtype=torch.bool, device=inputs.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), subset or nullcontext():
         for start in range(0, total, chunk):
             idx = torch.arange(start, min(start + chunk, total), device=inputs.device)
             if owner is not None:
@@ -286,9 +299,14 @@ def score_masks(
             else:
                 img, mask_i = idx // k, idx % k
                 m = masks[mask_i] if shared else masks[img, mask_i]
-            m = upsample_masks(m.to(inputs.dtype), (h, w), upsample).unsqueeze(1)
-            x = perturb(inputs[img], m, idx)
-            logits = forward(x).float()
+            if subset is not None:
+                x = inputs[img]
+                subset.keep(m.flatten(1).nonzero()[:, 1].view(len(idx), -1))
+                logits = forward(x).float()
+                subset.check_applied()
+            else:
+                m = upsample_masks(m.to(inputs.dtype), (h, w), upsample).unsqueeze(1)
+                logits = forward(perturb(inputs[img], m, idx)).float()
             rows = slice(start, start + len(idx))
             if isinstance(target, TargetScore):
                 out[rows] = target(logits, check_finite=False)
@@ -300,6 +318,27 @@ def score_masks(
         target.check_finite(out, outputs_finite)
     check_finite_logits(out, "masked copies of the images")
     return out if owner is not None else out.view(b, k)
+
+
+def _token_subset(adapter: ModelAdapter, masks: torch.Tensor, size: tuple[int, int]) -> TokenSubset:
+    """The :class:`TokenSubset` of token masks, once they are checked: on the patch grid,
+    binary, every one keeping the same number of patch tokens."""
+    grid = adapter.geometry.grid(*size)
+    if tuple(masks.shape[-2:]) != grid:
+        raise InvalidInputError(
+            f"token masks must be on the patch grid {grid[0]} x {grid[1]}, got masks of "
+            f"{masks.shape[-2]} x {masks.shape[-1]}"
+        )
+    flat = masks.reshape(-1, grid[0] * grid[1])
+    if not ((flat == 0) | (flat == 1)).all():
+        raise InvalidInputError("token masks must hold 0 (token dropped) and 1 (kept) only")
+    counts = flat.sum(dim=1)
+    if flat.shape[0] and not (counts == counts[0]).all():
+        raise InvalidInputError(
+            f"every token mask must keep the same number of patch tokens, got between "
+            f"{int(counts.min())} and {int(counts.max())}"
+        )
+    return TokenSubset(adapter)
 
 
 def _check_owner(owner: torch.Tensor, masks: torch.Tensor, num_images: int) -> torch.Tensor:

@@ -134,7 +134,7 @@ class LeGrad(Explainer):
         layers = self._layers(len(blocks))
         outputs = {}
         for i in layers:
-            module = blocks[i].output
+            module = blocks[i].module
             if module is None:
                 raise UnsupportedModelError(
                     f"{self.name}: {type(adapter).__name__} does not name the output of block {i}"

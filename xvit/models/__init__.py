@@ -13,7 +13,7 @@ from ._base import (
     inherits,
     model_lock,
 )
-from ._capture import Capture
+from ._capture import Capture, TokenSubset
 from ._family import Family, FamilyAdapter
 from ._guard import hook_counts, preserved_state
 from ._loading import load_checkpoint, load_model, model_aliases, save_checkpoint
@@ -49,6 +49,7 @@ __all__ = [
     "TimmEvaAdapter",
     "TimmViTAdapter",
     "TokenLayout",
+    "TokenSubset",
     "TorchvisionViTAdapter",
     "ZeroShotClassifier",
     "adapters",

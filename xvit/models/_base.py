@@ -23,6 +23,10 @@ from .._errors import InvalidInputError, ModelOutputError, UnsupportedModelError
 from ._prenorm import PRENORM, PreNormViT
 from ._preprocessing import Preprocessing
 
+#: The capability of running the model on a subset of its patch tokens
+#: (:meth:`ModelAdapter.token_entry`, :class:`~xvit.models.TokenSubset`).
+TOKEN_SUBSET = "token_subset"
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -142,8 +146,8 @@ class BlockSources:
 
     ``attention`` is None where the block's attention probabilities cannot be had; ``tokens``
     is the block's own token layout (None: the model's, from its :class:`Geometry`);
-    ``output`` is the module whose (first) output is the block's output token sequence
-    (the block itself; None where the adapter does not say).
+    ``module`` is the block itself, whose (first) output is the B x N x D token sequence
+    after the block (None where the adapter does not name it).
 
     Example:
         >>> import xvit
@@ -157,7 +161,7 @@ class BlockSources:
     norm1: nn.Module
     extra: dict[str, nn.Module] = field(default_factory=dict)
     tokens: TokenLayout | None = None
-    output: nn.Module | None = None
+    module: nn.Module | None = None
 
 
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -239,8 +243,9 @@ class ModelAdapter(ABC):
     priority: ClassVar[int] = 0
 
     #: What the adapter can give the methods: ``"qkv"`` (q/k/v projection outputs, for
-    #: gradient-on-projection methods such as GradMask) and ``"attention"`` (attention
-    #: probabilities, for rollout, attention maps, GAE). See :meth:`require`.
+    #: gradient-on-projection methods such as GradMask), ``"attention"`` (attention
+    #: probabilities, for rollout, attention maps, GAE) and ``"token_subset"`` (forwards on a
+    #: subset of the patch tokens, for TIS: see :meth:`token_entry`). See :meth:`require`.
     capabilities: ClassVar[frozenset[str]] = frozenset({"qkv", "attention"})
 
     def __init__(self, model: nn.Module) -> None:
@@ -300,6 +305,19 @@ class ModelAdapter(ABC):
         raise UnsupportedModelError(
             f"{type(self).__name__} does not declare the pre-norm parts of a "
             f"{type(self.model).__name__} (capability {PRENORM!r})"
+        )
+
+    def token_entry(self) -> nn.Module:
+        """The module whose output is the token sequence the first block reads: prefix and
+        patch tokens (B x N x D, patches in raster order) with their positions already added,
+        where nothing after it depends on where a token sits in the image. Adapters with the
+        ``"token_subset"`` capability name it; :class:`~xvit.models.TokenSubset` hooks it to
+        run the model on a subset of the patch tokens.
+        """
+        raise UnsupportedModelError(
+            f"{type(self).__name__} cannot run a {type(self.model).__name__} on a subset of "
+            f"its patch tokens (no 'token_subset' capability); choose a method that does not "
+            f"drop tokens"
         )
 
     @property

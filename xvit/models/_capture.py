@@ -19,7 +19,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .._errors import CaptureError
-from ._base import ModelAdapter, model_lock
+from ._base import TOKEN_SUBSET, ModelAdapter, model_lock
 
 QKV = ("q", "k", "v")
 
@@ -274,3 +274,106 @@ class Capture:
             score, list(tensors), allow_unused=True, retain_graph=retain_graph
         )
         return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+
+
+class TokenSubset:
+    """Runs the model on a subset of its patch tokens inside the ``with`` block.
+
+    A forward hook on the adapter's :meth:`~xvit.ModelAdapter.token_entry` (the token
+    sequence the first block reads, positions already added) keeps, for row b of a batch,
+    every prefix token (CLS, distillation, registers) and the patch tokens ``index[b]``
+    named by :meth:`keep`, in that order; the rest of the model's own forward runs on the
+    shorter sequence. The hook exists only inside the block; it needs the adapter's
+    ``"token_subset"`` capability.
+
+    Example:
+        >>> import torch, xvit
+        >>> from xvit.models import Capture, TokenSubset
+        >>> adapter = xvit.get_adapter(xvit.load_model("xvit:digits-vit"))
+        >>> last = adapter.blocks()[-1].module
+        >>> with TokenSubset(adapter) as subset, Capture(adapter, layers={"out": last}) as cap:
+        ...     subset.keep(torch.tensor([[0, 1, 2, 9]]))  # 4 of the 64 patches, CLS kept
+        ...     _ = adapter.logits(torch.randn(1, 3, 64, 64))
+        >>> cap.layer("out").shape
+        torch.Size([1, 5, 96])
+    """
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        self.adapter = adapter
+        self._index: torch.Tensor | None = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._prefix = 0
+        self._lock = model_lock(adapter.model)
+        #: Whether the hook has run since the last :meth:`keep`.
+        self.applied = False
+
+    def __enter__(self) -> TokenSubset:
+        self._lock.acquire()
+        try:
+            self.adapter.require(TOKEN_SUBSET)
+            self._prefix = int(self.adapter.geometry.num_prefix_tokens)
+            self._handle = self.adapter.token_entry().register_forward_hook(self._hook)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._handle is not None:
+                self._handle.remove()
+                self._handle = None
+        finally:
+            self._lock.release()
+
+    def keep(self, index: torch.Tensor | None) -> None:
+        """The patch tokens each row of the next forwards keeps: a B x K integer tensor of
+        positions among the patch tokens (0 .. patches - 1, raster order), or None for all
+        tokens. A forward on more rows than ``index`` has (a batch padded for a compiled
+        forward) gives the extra rows the last row's tokens."""
+        if index is not None and (index.dim() != 2 or index.is_floating_point()):
+            raise CaptureError(
+                f"keep takes a B x K integer tensor of patch positions, got "
+                f"{tuple(index.shape)} {index.dtype}"
+            )
+        self._index = index
+        self.applied = False
+
+    def check_applied(self) -> None:
+        """Raise :class:`~xvit.CaptureError` unless a forward has dropped tokens since the last
+        :meth:`keep` (the token entry did not run: the model's structure changed)."""
+        if not self.applied:
+            raise CaptureError(
+                f"the token entry {type(self.adapter.token_entry()).__name__} of this "
+                f"{type(self.adapter.model).__name__} did not run in the forward, so no token "
+                f"was dropped; was the model's forward or structure modified?"
+            )
+
+    def _hook(self, _m: nn.Module, _inp: Any, out: Any) -> torch.Tensor | None:
+        if self._index is None:
+            return None
+        if not isinstance(out, torch.Tensor) or out.dim() != 3:
+            raise CaptureError(
+                f"the token entry of this {type(self.adapter.model).__name__} returned "
+                f"{type(out).__name__}, not a B x N x D token sequence"
+            )
+        b, n, d = out.shape
+        index = self._index.to(out.device)
+        if index.shape[0] > b:
+            raise CaptureError(f"keep named tokens for {index.shape[0]} rows, the batch has {b}")
+        if index.shape[0] < b:
+            index = torch.cat([index, index[-1:].expand(b - index.shape[0], -1)])
+        patches = n - self._prefix
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= patches):
+            raise CaptureError(
+                f"keep names patch positions {int(index.min())} .. {int(index.max())}, but the "
+                f"sequence has {patches} patch tokens"
+            )
+        kept = out[:, self._prefix :].gather(1, index.unsqueeze(-1).expand(-1, -1, d))
+        self.applied = True
+        return torch.cat([out[:, : self._prefix], kept], dim=1)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import (
+    TOKEN_SUBSET,
     AttentionSource,
     BlockSources,
     Geometry,
@@ -62,6 +63,21 @@ def fused_attn_off(model: nn.Module, modules: Sequence[object]) -> Iterator[None
     """timm: ``fused_attn = False`` on each attention module for the block (restored)."""
     with attribute_switched(model, modules, "fused_attn", False):
         yield
+
+
+def child(parent: Any, name: str) -> nn.Module:
+    """``parent.<name>``, which must be a module (the family's structure was changed if not).
+
+    Example:
+        >>> child(nn.Sequential(nn.ReLU()), "0")
+        ReLU()
+    """
+    module = getattr(parent, name, None)
+    if not isinstance(module, nn.Module):
+        raise UnsupportedModelError(
+            f"this {type(parent).__name__} has no module {name!r}; its structure was modified"
+        )
+    return module
 
 
 def legacy_transformers() -> bool:
@@ -155,6 +171,10 @@ class Family:
             applied to a B x N x D token sequence taken as the last block's output (for
             methods that read every block through the head, LeGrad); None where the family
             does not declare it. A family with a head also has the ``"head"`` capability.
+        token_entry: The module whose output is the token sequence the first block reads
+            (prefix and patch tokens, positions added), where no later module needs a
+            token's position (no relative position bias, no rotary embedding); None where
+            that does not hold. Declaring it adds the ``"token_subset"`` capability.
 
     Example:
         >>> import xvit
@@ -188,13 +208,15 @@ class Family:
     capabilities: frozenset[str] = field(default=frozenset({"qkv", "attention"}))
     prenorm: Callable[[Any], PreNormViT] | None = None
     head: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+    token_entry: Callable[[Any], nn.Module] | None = None
 
 
 class FamilyAdapter(ModelAdapter):
     """The adapter of a declared :class:`Family`: the public base for new families.
 
     A subclass sets ``family`` (and may override any member, e.g. ``preprocessing``);
-    ``framework``, ``description`` and ``capabilities`` come from the declaration.
+    ``framework``, ``description`` and ``capabilities`` come from the declaration (with
+    ``"token_subset"`` where it declares a ``token_entry``).
 
     Example:
         >>> import timm, xvit
@@ -218,7 +240,8 @@ class FamilyAdapter(ModelAdapter):
             if "capabilities" not in cls.__dict__:
                 declared = frozenset({PRENORM}) if family.prenorm is not None else frozenset()
                 head = frozenset({"head"}) if family.head is not None else frozenset()
-                cls.capabilities = family.capabilities | declared | head
+                tokens = {TOKEN_SUBSET} if family.token_entry is not None else set()
+                cls.capabilities = family.capabilities | declared | head | tokens
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -273,7 +296,7 @@ class FamilyAdapter(ModelAdapter):
                 attention=f.attention(block),
                 norm1=f.norm1(block),
                 tokens=tokens,
-                output=block,
+                module=block,
             )
             for block in f.blocks(m)
         ]
@@ -282,6 +305,11 @@ class FamilyAdapter(ModelAdapter):
         if self.family.prenorm is None:
             return super().prenorm_parts()
         return self.family.prenorm(self.model)
+
+    def token_entry(self) -> nn.Module:
+        if self.family.token_entry is None:
+            return super().token_entry()
+        return self.family.token_entry(self.model)
 
     # --- running --------------------------------------------------------------------------
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:

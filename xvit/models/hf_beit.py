@@ -158,6 +158,7 @@ HF_BEIT = replace(
     prenorm=None,  # other block shapes
     check=_check,
     head=_head,
+    token_entry=None,  # the relative position bias needs every token's place in the grid
 )
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ._base import inherits, pair
-from ._family import FamilyAdapter, hf_eager
+from ._family import FamilyAdapter, child, hf_eager
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
 from .hf_vit import HF_VIT, check_projections, encoder_layers
 
@@ -77,6 +77,7 @@ HF_DINOV2 = replace(
     prenorm=None,  # other block shapes
     check=lambda model: check_projections(model, encoder_layers(_backbone(model))),
     head=_head,
+    token_entry=lambda model: child(_backbone(model), "embeddings"),  # registers: after positions
 )
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, QKVSource, inherits, pair
-from ._family import Family, FamilyAdapter, hf_eager, second_tensor
+from ._family import Family, FamilyAdapter, child, hf_eager, second_tensor
 from ._guard import has_hooks
 from ._hf_shortcut import (
     HEADS,
@@ -242,6 +242,7 @@ HF_VIT = Family(
     check=lambda model: check_projections(model, encoder_layers(backbone_of(model))),
     prenorm=_prenorm,
     head=_head,
+    token_entry=lambda model: child(backbone_of(model), "embeddings"),
 )
 
 

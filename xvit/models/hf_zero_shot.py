@@ -24,7 +24,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, QKVSource, pair
-from ._family import Family, FamilyAdapter, hf_eager, second_tensor
+from ._family import Family, FamilyAdapter, child, hf_eager, second_tensor
 from ._preprocessing import HALF, Preprocessing, attached_preprocessing
 from ._zero_shot import CLASSIFIER_HEAD, ZeroShotClassifier
 
@@ -129,6 +129,7 @@ HF_ZERO_SHOT = Family(
     eager=hf_eager,
     preprocessing=_preprocessing,
     check=_check,
+    token_entry=lambda model: child(_tower(model), "embeddings"),
     **CLASSIFIER_HEAD,
 )
 

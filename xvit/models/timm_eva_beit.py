@@ -73,6 +73,7 @@ def _family(name: str, classes: tuple[str, ...], description: str) -> Family:
         prefix_rows_logits=lambda model, x: None,
         prenorm=None,  # other block shapes
         check=_check,
+        token_entry=None,  # rope and relative bias need every token's place in the grid
     )
 
 

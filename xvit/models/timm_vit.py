@@ -212,6 +212,7 @@ TIMM_VIT = Family(
     check=_check,
     prenorm=_prenorm,
     head=_head,
+    token_entry=lambda model: model.pos_drop,  # _pos_embed ends with it
 )
 
 

@@ -85,6 +85,7 @@ TORCHVISION_VIT = Family(
     preprocessing=_preprocessing,
     check=_check,
     head=lambda model, tokens: model.heads(model.encoder.ln(tokens)[:, 0]),
+    token_entry=lambda model: model.encoder.dropout,  # right after the position embedding
 )
 
 
