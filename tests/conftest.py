@@ -12,6 +12,8 @@ import timm
 import torch
 from torch import nn
 
+import xvit
+
 NUM_CLASSES = 5
 HIDDEN = 32
 DEPTH = 3
@@ -116,6 +118,10 @@ def _copies(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
 
 
 #: name -> factory of a tiny model; every adapter and token layout is represented.
+#: Every registered method that can run here: one whose optional extra is missing (attnlrp
+#: without lxt) is left out; tests/test_contract.py checks that it refuses clearly instead.
+USABLE_METHODS = [n for n in xvit.list_methods() if not xvit.get_method(n).unavailable_reason()]
+
 MODEL_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     name: _copies(build)
     for name, build in {

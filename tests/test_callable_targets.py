@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import xvit
-from conftest import MODEL_FACTORIES, model_input
+from conftest import MODEL_FACTORIES, USABLE_METHODS, model_input
 from model_state import snapshot
 from xvit._targets import TargetScore
 from xvit.methods import score_masks
@@ -62,7 +62,7 @@ def model() -> nn.Module:
 def _methods(**flags: object) -> list[str]:
     return [
         name
-        for name in xvit.list_methods()
+        for name in USABLE_METHODS
         if all(getattr(xvit.get_method(name), k) == v for k, v in flags.items())
     ]
 
@@ -71,7 +71,7 @@ def _methods(**flags: object) -> list[str]:
 GRADIENT_ONLY = [n for n in _methods(needs_gradients=True) if not n.startswith("gradmask")]
 
 
-@pytest.mark.parametrize("method", xvit.list_methods())
+@pytest.mark.parametrize("method", USABLE_METHODS)
 def test_every_method_takes_a_score_function(model: nn.Module, method: str) -> None:
     cls = xvit.get_method(method)
     x = model_input(model)

@@ -345,5 +345,5 @@ def test_a_forward_the_parts_do_not_rebuild_is_refused() -> None:
 
 def test_start_layer_past_the_blocks_is_refused() -> None:
     model = MODEL_FACTORIES["timm-vit"]()
-    with pytest.raises(xvit.InvalidInputError, match="start_layer=9"):
+    with pytest.raises(xvit.ParameterError, match="start_layer=9"):
         xvit.explain(CheferLRP(start_layer=9), model, model_input(model))

@@ -19,16 +19,14 @@ from PIL import Image
 
 import xvit
 import xvit.api
-from conftest import MODEL_FACTORIES, model_input
+from conftest import MODEL_FACTORIES, USABLE_METHODS, model_input
 from xvit import _progress
 from xvit.bench import run_benchmark
 from xvit.methods.gradmask import GradMask
 from xvit.methods.vitcx import ViTCX
 
 BUILTINS = [
-    name
-    for name in xvit.list_methods()
-    if xvit.get_method(name).__module__.startswith("xvit.methods.")
+    name for name in USABLE_METHODS if xvit.get_method(name).__module__.startswith("xvit.methods.")
 ]
 
 

@@ -29,11 +29,11 @@ import torch
 from click.testing import CliRunner
 
 import xvit
-from conftest import MODEL_FACTORIES, model_input
+from conftest import MODEL_FACTORIES, USABLE_METHODS, model_input
 from model_state import snapshot
 from xvit.cli import main
 
-METHODS = xvit.list_methods()
+METHODS = USABLE_METHODS
 MODELS = sorted(MODEL_FACTORIES)
 
 
@@ -196,6 +196,10 @@ RANGE_PROBES: dict[str, list[Any]] = {
 }
 
 
+#: Integer parameters that index blocks rather than count something.
+LAYER_INDICES = {"start_layer"}
+
+
 def bad_values(name: str, default: Any) -> list[Any]:
     """Values no method should accept for a parameter with this name and default."""
     common: list[Any] = [object()]
@@ -205,6 +209,8 @@ def bad_values(name: str, default: Any) -> list[Any]:
         return [*common, -1, 2.5, "3", True, float("nan")]
     if isinstance(default, bool):
         return [*common, "yes", 2, None]
+    if name in LAYER_INDICES:  # a block index: 0 and negatives (from the end) are valid
+        return [*common, 2.5, "3", True, None, 10**6, -(10**6)]
     if isinstance(default, int):  # counts: masks, grid cells, masks per layer
         return [*common, 0, -3, 2.5, "3", True, None]
     if isinstance(default, float):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from family_models import hf_image_text, zero_shot_text_features
+from test_contract import refused_clearly
 from torch import nn
 
 import xvit
@@ -40,6 +41,9 @@ def test_every_method_leaves_the_users_model_untouched(
     for method in xvit.list_methods():
         cls = xvit.get_method(method)
         params = dict(cls.quick_params, **({"seed": 0} if cls.randomized else {}))
+        if refused_clearly(cls, classifier, x, params):  # lacks what the method needs
+            assert snapshot(model) == before, method
+            continue
         assert torch.isfinite(xvit.explain(method, classifier, x, **params).map).all(), method
         assert snapshot(model) == before, method
         assert _attn_implementations(model) == implementations, method

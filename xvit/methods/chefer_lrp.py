@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 
 from .._constraints import Integer, Real, Spec
-from .._errors import InvalidInputError, UnsupportedModelError
+from .._errors import InvalidInputError, ParameterError, UnsupportedModelError
 from .._targets import Target, TargetScore, gradient_scores
-from ..models._base import Geometry, ModelAdapter
+from ..models._base import Geometry, ModelAdapter, check_finite_logits
 from ..models._capture import Capture
 from ..models._prenorm import PRENORM
 from ._attention import patch_map
@@ -122,7 +122,7 @@ class CheferLRP(Explainer):
     def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         parts = adapter.prenorm_parts()
         if self.start_layer >= len(parts.blocks):
-            raise InvalidInputError(
+            raise ParameterError(
                 f"chefer_lrp: start_layer={self.start_layer}, but the model has "
                 f"{len(parts.blocks)} blocks; use 0 .. {len(parts.blocks) - 1}"
             )
@@ -130,7 +130,16 @@ class CheferLRP(Explainer):
             own = adapter.logits(inputs)
             tokens = cap.layer("tokens").detach()
         with torch.enable_grad():
-            trace = forward(parts, tokens.requires_grad_(True))
+            traces = []
+
+            def rebuilt(t: torch.Tensor) -> torch.Tensor:
+                traces.append(forward(parts, t))
+                return traces[-1].logits
+
+            # the model's own modules run here: their faults are reported as the model's
+            adapter.logits(tokens.requires_grad_(True), check_finite=False, forward=rebuilt)
+            trace = traces[-1]
+            check_finite_logits(trace.logits, "the images (chefer_lrp's rebuilt forward)")
             _check_same_logits(adapter, trace.logits, own)
             scores = gradient_scores(trace.logits, target)
             if isinstance(target, TargetScore) and not scores.requires_grad:

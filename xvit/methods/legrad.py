@@ -111,8 +111,10 @@ class LeGrad(Explainer):
         return super().supports(adapter) and getattr(adapter, "pooling", None) != "attention-pool"
 
     def cost(self, geometry: Geometry, input_size: tuple[int, int]) -> Cost:
-        # one forward, then one backward per block used (each through a part of the model)
-        return Cost(gradient_passes=len(self._layers(geometry.num_blocks)), at_most=True)
+        # one forward with gradients and one backward per block used: the first backward is
+        # the gradient pass's own, each further one counted as about two forwards of work
+        extra = len(self._layers(geometry.num_blocks)) - 1
+        return Cost(forwards=2 * extra, gradient_passes=1, at_most=True)
 
     def _layers(self, num_blocks: int) -> range:
         start = self.start_layer
