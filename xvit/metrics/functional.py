@@ -13,6 +13,7 @@ from __future__ import annotations
 from .deletion import deletion
 from .energy_pointing_game import energy_pointing_game
 from .insertion import insertion
+from .mprt import mprt
 from .pointing_game import pointing_game
 
-__all__ = ["deletion", "energy_pointing_game", "insertion", "pointing_game"]
+__all__ = ["deletion", "energy_pointing_game", "insertion", "mprt", "pointing_game"]
