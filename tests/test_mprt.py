@@ -3,6 +3,8 @@ its direction on the shipped digits model, clear errors, the model given left un
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +12,13 @@ import torch
 import xvit
 from conftest import MODEL_FACTORIES, model_input
 from model_state import snapshot
+from xvit.bench import run_benchmark
 from xvit.data import get_dataset
 from xvit.methods import get_method
 from xvit.metrics import MPRT, get_metric
 from xvit.metrics._base import saliency_at
 from xvit.metrics.functional import mprt
+from xvit.viz import plot_mprt
 
 quantus = pytest.importorskip("quantus")
 
@@ -170,3 +174,31 @@ def test_digits_maps_lose_similarity_and_random_has_none() -> None:
     assert float(fresh.scores.abs().mean()) < 0.1, report
     assert torch.allclose(same.curves, torch.ones_like(same.curves)), report
     print("MPRT on digits, mean Spearman per step (head, block 5..0, embeddings):", report)
+
+
+def test_bench_writes_the_mprt_figure_and_random_maps_keep_their_similarity(tmp_path) -> None:
+    """In the benchmark a randomized method explains again with each image's own seed, the
+    one that made its map: the random map ignores the model, so its similarity stays 1."""
+    from PIL import Image
+
+    model = MODEL_FACTORIES["timm-vit"]()
+    data = [
+        SimpleNamespace(
+            image=Image.new("RGB", (32, 32), (40 * i, 90, 200 - 30 * i)),
+            label=i,
+            boxes=(),
+            id=str(i),
+        )
+        for i in range(2)
+    ]
+    r = run_benchmark(
+        model, data, methods="rollout,random", metrics="mprt", n=2, out_dir=tmp_path, progress=False
+    )
+    assert r.files["mprt"] == tmp_path / "mprt.png" and r.files["mprt"].is_file()
+    random = next(s for s in r.summaries if s.method == "random")
+    assert random.curves["mprt"] == [1.0] * len(MPRT().steps(model))
+    assert "mprt ↓" in r.table and "mprt: mean Spearman similarity" in r.table
+    fig = plot_mprt(r, MPRT().steps(model))
+    assert fig.axes[0].get_xticklabels()[0].get_text() == "head"
+    with pytest.raises(xvit.ParameterError, match="no mprt curve with 2 steps"):
+        plot_mprt(r, ["head", "embeddings"])

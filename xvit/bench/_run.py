@@ -12,8 +12,10 @@ from typing import Any
 from .._errors import InvalidInputError, ParameterError
 from .._progress import Progress
 from ..methods._base import Explainer
+from ..metrics import MPRT
 from ..metrics._base import Metric
 from ..models._base import ModelAdapter
+from ..viz import plot_mprt
 from ._batch import PreparedBatch
 from ._config import BenchConfig
 from ._distributed import (
@@ -122,6 +124,8 @@ class RankRun:
         self.store: ResultStore | None = None
         self.fractions: dict[str, list[float]] = {}
         self.notes: list[str] = []
+        #: MPRT metric name -> (its steps on this model, its similarity), for mprt.png
+        self.cascades: dict[str, tuple[list[str], str]] = {}
         self.last_error: Exception | None = None
 
     def execute(self, model: Any, dataset: Any) -> BenchmarkResults:
@@ -195,6 +199,9 @@ class RankRun:
             if type(m).curve
         }
         self.notes = [note for m in self.metrics if (note := m.footnote((h, w)))]
+        self.cascades = {
+            m.name: (m.steps(adapter), m.similarity) for m in self.metrics if isinstance(m, MPRT)
+        }
         settings = {
             "model": model_desc,
             "dataset": data_desc,
@@ -289,6 +296,11 @@ class RankRun:
             results.files["json"] = out / "summary.json"
             if plot_curves(out / "curves.png", summaries, self.fractions):
                 results.files["curves"] = out / "curves.png"
+            for name, (steps, similarity) in self.cascades.items():
+                if any(name in s.curves for s in summaries):
+                    fig = plot_mprt(summaries, steps, metric=name, similarity=similarity)
+                    fig.savefig(str(out / f"{name}.png"), dpi=110)
+                    results.files[name] = out / f"{name}.png"
         return results
 
 
