@@ -34,7 +34,7 @@ from ._cli_support import handle_errors
 DEMO_ROWS_PER_STEP = 2
 
 #: Held-out digits the demo's MPRT run explains again (once per block, head and embeddings).
-DEMO_MPRT_IMAGES = 16
+DEMO_MPRT_IMAGES = 8
 
 
 def demo_methods() -> list[Any]:

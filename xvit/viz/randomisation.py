@@ -72,7 +72,7 @@ def plot_mprt(
         )
     colours = _method_colours([s.method for s in summaries])
     x = np.arange(1, len(labels) + 1)
-    fig = new_figure(max(5.6, 0.55 * len(labels) + 2.8), 4.0, layout="constrained")
+    fig = new_figure(max(6.8, 0.55 * len(labels) + 4.0), 4.0, layout="constrained")
     ax = fig.add_subplot()
     for s in drawn:
         mean = np.asarray(s.curves[metric], dtype=np.float64)
@@ -95,5 +95,11 @@ def plot_mprt(
     ax.set_title(f"{metric}: similarity to the original maps (lower is better)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.tick_params(axis="y", labelsize=8)
-    ax.legend(fontsize=7, title="method (mean score)", title_fontsize=7, loc="best")
+    ax.legend(  # beside the axes: the lines cross the whole range
+        fontsize=7,
+        title="method (mean score)",
+        title_fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     return fig
