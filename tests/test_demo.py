@@ -65,6 +65,8 @@ def test_demo_and_the_readme_script_draw_the_same_gallery(drawn, tmp_path: Path)
     assert "times: " in result.output and (tmp_path / "demo" / "times.png").is_file()
     for name in ("gallery.png", "table.md", "curves.png"):
         assert str(tmp_path / "demo" / name) in result.output
+    for name in ("table.md", "mprt.png"):  # the MPRT sanity check, on a few digits
+        assert str(tmp_path / "demo" / "mprt" / name) in result.output
 
     spec = importlib.util.spec_from_file_location("make_gallery", ROOT / "scripts/make_gallery.py")
     assert spec is not None and spec.loader is not None

@@ -5,7 +5,10 @@ download, in a few minutes on 2 CPU cores. It writes to its output folder ``gall
 (held-out digits x methods, with per-cell Insertion and Deletion AUCs: the README's picture)
 and the benchmark on 200 images: ``table.md``, ``summary.csv`` and ``summary.json``
 (Insertion, Deletion, Pointing Game, energy Pointing Game, time), the mean curves
-``curves.png``, the time per method ``times.png``, and the raw ``results.jsonl``.
+``curves.png``, the time per method ``times.png``, and the raw ``results.jsonl``; and in
+``mprt/`` the MPRT sanity check (:class:`~xvit.metrics.MPRT`, expensive: each method explains
+each image again once per randomisation step) on the first :data:`DEMO_MPRT_IMAGES` digits:
+its table and ``mprt.png``, each method's similarity as the layers are randomised.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from ._cli_support import handle_errors
 #: Insertion/Deletion reveal or remove this many image rows of pixels per step (the metrics'
 #: default is one row); the curves keep 1 + H / 2 points.
 DEMO_ROWS_PER_STEP = 2
+
+#: Held-out digits the demo's MPRT run explains again (once per block, head and embeddings).
+DEMO_MPRT_IMAGES = 8
 
 
 def demo_methods() -> list[Any]:
@@ -58,6 +64,14 @@ def demo_metrics(input_size: tuple[int, int]) -> list[Any]:
             params["step"] = DEMO_ROWS_PER_STEP * input_size[1]
         out.append(cls.create(**params))
     return out
+
+
+def demo_mprt() -> Any:
+    """The MPRT the demo runs (on :data:`DEMO_MPRT_IMAGES` digits): its defaults, the
+    block-level cascade (head, each block from the last, embeddings), Spearman similarity."""
+    from .metrics import get_metric
+
+    return get_metric("mprt").create(layers="blocks", similarity="spearman")
 
 
 #: Rows (held-out digits) of the gallery, in ``xvit demo`` and in the README's picture.
@@ -152,7 +166,8 @@ def export_samples(samples: Sequence[Any], folder: Path) -> list[Path]:
 @model_option("Model to explain (the shipped digits ViT by default; xvit:digits-deit too).")
 @images_option("Held-out images in the benchmark (or written by --export-samples).")
 @out_option(
-    "xvit-demo", "Folder for gallery.png, table.md, summary.csv/json, curves.png and times.png."
+    "xvit-demo",
+    "Folder for gallery.png, table.md, summary.csv/json, curves.png, times.png and mprt/.",
 )
 @device_option
 @images_per_call_option(25)
@@ -168,8 +183,9 @@ def export_samples(samples: Sequence[Any], folder: Path) -> list[Path]:
 def demo_command(
     model: str, n: int, out_dir: str, device: str, images_per_call: int, samples_dir: str | None
 ) -> None:
-    """Run every method on the embedded model and data: the gallery (gallery.png) and the
-    benchmark (table.md, summary.csv, summary.json, curves.png, times.png, results.jsonl)."""
+    """Run every method on the embedded model and data: the gallery (gallery.png), the
+    benchmark (table.md, summary.csv, summary.json, curves.png, times.png, results.jsonl) and
+    the MPRT sanity check on a few digits (mprt/table.md, mprt/mprt.png)."""
     from .bench.runner import run_benchmark
     from .data import get_dataset
     from .models import get_adapter, load_model
@@ -203,4 +219,17 @@ def demo_command(
         click.echo(f"{name}: {file}", err=True)
     if (out / "times.png").is_file():  # written beside the curves, not among results.files
         click.echo(f"times: {out / 'times.png'}", err=True)
+    sanity = run_benchmark(
+        net,
+        data,
+        methods=methods,
+        metrics=[demo_mprt()],
+        n=min(n, DEMO_MPRT_IMAGES),
+        images_per_call=images_per_call,
+        out_dir=out / "mprt",
+        progress=True,
+    )
+    click.echo(f"mprt table: {sanity.files['table']}", err=True)
+    if "mprt" in sanity.files:
+        click.echo(f"mprt: {sanity.files['mprt']}", err=True)
     click.echo(f"done in {time.perf_counter() - t0:.0f} s", err=True)

@@ -13,8 +13,10 @@ from .._errors import InvalidInputError, ParameterError
 from .._fingerprint import state_dict_hash
 from .._progress import Progress
 from ..methods._base import Explainer
+from ..metrics import MPRT
 from ..metrics._base import Metric
 from ..models._base import ModelAdapter
+from ..viz import plot_mprt
 from ._batch import PreparedBatch
 from ._compare import MetricComparison, compare, comparison_notes
 from ._config import BenchConfig
@@ -126,6 +128,8 @@ class RankRun:
         self.store: ResultStore | None = None
         self.fractions: dict[str, list[float]] = {}
         self.notes: list[str] = []
+        #: MPRT metric name -> (its steps on this model, its similarity), for mprt.png
+        self.cascades: dict[str, tuple[list[str], str]] = {}
         self.last_error: Exception | None = None
         self.maps: MapStore | None = None
         self.model_hash = ""
@@ -227,6 +231,9 @@ class RankRun:
             if type(m).curve
         }
         self.notes = [note for m in self.metrics if (note := m.footnote((h, w)))]
+        self.cascades = {
+            m.name: (m.steps(adapter), m.similarity) for m in self.metrics if isinstance(m, MPRT)
+        }
         settings = {
             "model": model_desc,
             "dataset": data_desc,
@@ -335,6 +342,11 @@ class RankRun:
                     if path is not None:
                         results.files[f"maps/{e.name}"] = path
             self._write_manifest(results, settings, adapter, ids, comparisons)
+            for name, (steps, similarity) in self.cascades.items():
+                if any(name in s.curves for s in summaries):
+                    fig = plot_mprt(summaries, steps, metric=name, similarity=similarity)
+                    fig.savefig(str(out / f"{name}.png"), dpi=110)
+                    results.files[name] = out / f"{name}.png"
         return results
 
     def _write_manifest(

@@ -8,7 +8,8 @@ functional twin in :mod:`xvit.metrics.functional`: :class:`Insertion` /
 ``faithfulness_correlation``, :class:`Infidelity` / ``infidelity``, :class:`SensitivityMax` /
 ``sensitivity_max``, :class:`Sparseness` / ``sparseness``, :class:`Complexity` /
 ``complexity``, :class:`TokenPerturbation` / ``token_perturbation``, :class:`AverageDrop` /
-``average_drop``, :class:`IncreaseInConfidence` / ``increase_in_confidence``.
+``average_drop``, :class:`IncreaseInConfidence` / ``increase_in_confidence``, :class:`MPRT` /
+``mprt``.
 ``xvit.metrics.insertion`` is the module of that file (calling it
 as the function still works, with a DeprecationWarning). Third-party metrics register
 through the entry-point group ``xvit.metrics``; the registry is ``metric_registry`` (also
@@ -32,6 +33,7 @@ from . import (
     increase_in_confidence,
     infidelity,
     insertion,
+    mprt,
     pointing_game,
     road,
     sensitivity_max,
@@ -49,6 +51,7 @@ from .faithfulness_correlation import FaithfulnessCorrelation
 from .increase_in_confidence import IncreaseInConfidence
 from .infidelity import Infidelity
 from .insertion import Insertion
+from .mprt import MPRT, MPRTResult
 from .pointing_game import PointingGame
 from .road import ROAD
 from .sensitivity_max import SensitivityMax
@@ -58,11 +61,12 @@ from .token_perturbation import TokenPerturbation
 #: Every metric, by name (the same registry as ``metrics``).
 metric_registry = metrics
 
-make_callable(deletion, energy_pointing_game, insertion, pointing_game)
+make_callable(deletion, energy_pointing_game, insertion, mprt, pointing_game)
 make_callable(road, faithfulness_correlation, infidelity, sensitivity_max)
 make_callable(average_drop, complexity, increase_in_confidence, sparseness, token_perturbation)
 
 __all__ = [
+    "MPRT",
     "ROAD",
     "AverageDrop",
     "Batch",
@@ -73,6 +77,7 @@ __all__ = [
     "IncreaseInConfidence",
     "Infidelity",
     "Insertion",
+    "MPRTResult",
     "Metric",
     "MetricResult",
     "PointingGame",
@@ -92,6 +97,7 @@ __all__ = [
     "list_metrics",
     "metric_registry",
     "metrics",
+    "mprt",
     "nanmean",
     "pointing_game",
     "register_metric",

@@ -18,6 +18,7 @@ from .faithfulness_correlation import faithfulness_correlation
 from .increase_in_confidence import increase_in_confidence
 from .infidelity import infidelity
 from .insertion import insertion
+from .mprt import mprt
 from .pointing_game import pointing_game
 from .road import road
 from .sensitivity_max import sensitivity_max
@@ -33,6 +34,7 @@ __all__ = [
     "increase_in_confidence",
     "infidelity",
     "insertion",
+    "mprt",
     "pointing_game",
     "road",
     "sensitivity_max",

@@ -25,7 +25,8 @@ Example:
     7
 
 The modules by job: :mod:`~xvit.viz.overlays` (maps over images, PNG files),
-:mod:`~xvit.viz.grid` (the comparison grid), :mod:`~xvit.viz.curves` (benchmark plots); the
+:mod:`~xvit.viz.grid` (the comparison grid), :mod:`~xvit.viz.curves` (benchmark plots),
+:mod:`~xvit.viz.randomisation` (the MPRT figure: similarity as layers are randomised); the
 private ``_pictures`` (images and where the input lies in them), ``_compositing`` (maps
 resampled and blended), ``_figures`` (figures and panel titles) and ``_metric_labels`` (what a
 figure says about a metric, from its class).
@@ -42,6 +43,7 @@ from ._pictures import MAX_DISPLAY_SIDE as MAX_DISPLAY_SIDE  # public, as before
 from .curves import plot_curves, plot_times
 from .grid import compare
 from .overlays import display_images, heatmap, overlay, overlay_array, save_overlays
+from .randomisation import plot_mprt
 
 __all__ = [
     "DEFAULT_CMAP",
@@ -51,6 +53,7 @@ __all__ = [
     "overlay",
     "overlay_array",
     "plot_curves",
+    "plot_mprt",
     "plot_times",
     "save_overlays",
 ]
