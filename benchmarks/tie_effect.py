@@ -2,8 +2,8 @@
 
 The shipped ``xvit:digits-vit`` explains N held-out digits (the test split, its labels as
 targets) with every registered method, at the digits benchmark's settings
-(:func:`xvit.demo.demo_methods`: RISE with 500 masks); each map is then scored by Insertion
-and Deletion under the ``"rise"`` protocol (one row of 64 pixels per step, blur / zero
+(:func:`xvit.demo.demo_methods`: each method at its ``demo_params``); each map is then scored
+by Insertion and Deletion under the ``"rise"`` protocol (one row of 64 pixels per step, blur / zero
 substrates) and the ``"gradmask"`` protocol (1, 5, 10, ..., 100 %, the authors' black
 baseline) with three tie rules:
 

@@ -30,8 +30,8 @@ from ._cli_options import (
 from ._cli_support import handle_errors
 
 #: Insertion/Deletion reveal or remove this many image rows of pixels per step (the metrics'
-#: default is one row); the curves keep 1 + H / 2 points.
-DEMO_ROWS_PER_STEP = 2
+#: default is one row); the curves keep 1 + H / 4 points.
+DEMO_ROWS_PER_STEP = 4
 
 #: Held-out digits the demo's MPRT run explains again (once per block, head and embeddings).
 DEMO_MPRT_IMAGES = 8

@@ -96,7 +96,7 @@ class RISE(TakesForwardOptions, Explainer):
     randomized = True
     quick_params: ClassVar[dict[str, Any]] = {"num_masks": 32}
     # the default 4000 masks alone would take longer than the rest of the demo
-    demo_params: ClassVar[dict[str, Any]] = {"num_masks": 500}
+    demo_params: ClassVar[dict[str, Any]] = {"num_masks": 250}
     parameter_constraints: ClassVar[dict[str, Spec]] = {
         "num_masks": Integer(low=1),
         "grid_size": Integer(low=1),
