@@ -269,12 +269,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def available_methods() -> list[str]:
     """Every registered method that can run here (an optional dependency may be missing)."""
-    out = []
-    for name in xvit.list_methods():
-        check = getattr(xvit.get_method(name), "available", None)
-        if check is None or check():
-            out.append(name)
-    return out
+    return [n for n in xvit.list_methods() if not xvit.get_method(n).unavailable_reason()]
 
 
 def quick(method: str) -> dict[str, Any]:

@@ -44,8 +44,9 @@ def peak_rss(method: str, images: int, params: dict[str, Any]) -> float:
         [sys.executable, "-c", _CODE, method, str(images), json.dumps(params)],
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode:
+        raise RuntimeError(f"{method} on {images} images failed:\n{out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 

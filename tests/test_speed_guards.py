@@ -186,3 +186,25 @@ def test_bench_explanation_time_holds_no_clean_forward() -> None:
         handle.remove()
     # the benchmark's own clean forward of the batch; the random map makes no other
     assert forwards == [3]
+
+
+def test_methods_that_keep_activations_take_images_a_pass_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = MODEL_FACTORIES["timm-vit"]()
+    x = model_input(model, batch=5)
+    gae = xvit.get_method("gae")
+    assert gae.images_per_pass is not None  # its memory must not grow with the images
+    whole = xvit.explain("gae", model, x, target=[0, 1, 2, 3, 4]).map
+    seen: list[int] = []
+    compute = gae.compute
+
+    def spy(self: Any, adapter: Any, inputs: torch.Tensor, target: Any) -> torch.Tensor:
+        seen.append(len(inputs))
+        return compute(self, adapter, inputs, target)
+
+    monkeypatch.setattr(gae, "images_per_pass", 2)
+    monkeypatch.setattr(gae, "compute", spy)
+    parts = xvit.explain("gae", model, x, target=[0, 1, 2, 3, 4]).map
+    assert seen == [2, 2, 1]
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)

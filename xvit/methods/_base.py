@@ -24,9 +24,14 @@ from .._errors import (
     XvitError,
 )
 from .._forward import FORWARD_CONSTRAINTS, backing_off
-from .._targets import Target, TargetScore, is_score
+from .._targets import Target, TargetScore, is_score, target_rows
 from ..models import adapters, get_adapter, model_lock, preserved_state
 from ..models._base import Geometry, ModelAdapter
+
+#: Images per :meth:`Explainer.compute` call of the methods whose pass keeps every image's
+#: activations (attention maps, a graph for the backward): enough to fill a CPU's cores and a
+#: GPU's kernels for a ViT, few enough that memory stays flat in the number of images.
+PASS_IMAGES = 32
 
 #: A gradient pass costs about this many forwards: its forward plus a backward of about
 #: twice the forward's work.
@@ -140,6 +145,10 @@ class Explainer(Configurable, ABC):
     needs_qkv: ClassVar[bool] = False
     score_targets: ClassVar[bool] = False
     quick_params: ClassVar[dict[str, Any]] = {}
+    #: Images :meth:`compute` gets at a time (None: all of a call's images at once). Methods
+    #: whose one pass keeps every image's activations for a backward declare a number, so
+    #: that their memory does not grow with the number of images.
+    images_per_pass: ClassVar[int | None] = None
     demo_params: ClassVar[dict[str, Any]] = {}
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""
@@ -204,13 +213,29 @@ class Explainer(Configurable, ABC):
             # a TargetScore reaches only the methods that declare score_targets (and widen
             # compute's target to xvit._targets.Target); an "auto" batch shrinks on OOM
             maps = backing_off(
-                lambda: self.compute(adapter, inputs, target),  # type: ignore[arg-type]
+                lambda: self._compute_in_passes(adapter, inputs, target),
                 adapter.device,
                 getattr(self, "batch_size", None) or 1,
                 self.name,
             )
         _check_maps(self, maps, inputs)
         return maps
+
+    def _compute_in_passes(
+        self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target
+    ) -> torch.Tensor:
+        """:meth:`compute` on at most :attr:`images_per_pass` images at a time (all at once
+        when it is None): a method whose pass keeps every image's activations for a backward
+        then needs the same memory for 10 images or 1,000."""
+        step = type(self).images_per_pass
+        if step is None or len(inputs) <= step:
+            return self.compute(adapter, inputs, target)  # type: ignore[arg-type]
+        return torch.cat(
+            [
+                self.compute(adapter, part, target_rows(target, i, i + step))  # type: ignore[arg-type]
+                for i, part in zip(range(0, len(inputs), step), inputs.split(step))
+            ]
+        )
 
     @abstractmethod
     def compute(

@@ -7,7 +7,7 @@ import torch
 from .._targets import Target
 from ..models._base import ModelAdapter
 from ._attention import capture_attentions, fuse_heads, patch_map
-from ._base import Explainer
+from ._base import PASS_IMAGES, Explainer
 from ._registration import register_method
 
 
@@ -39,6 +39,7 @@ class RawAttention(Explainer):
     family = "attention"
     score_targets = True
     needs_attention = True
+    images_per_pass = PASS_IMAGES
 
     def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:
         last = capture_attentions(adapter, inputs)[-1]

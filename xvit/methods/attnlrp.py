@@ -21,7 +21,7 @@ from .._constraints import Real, Spec
 from .._errors import UnsupportedModelError
 from .._targets import Target, gradient_scores
 from ..models._base import Geometry, ModelAdapter
-from ._base import Cost, Explainer
+from ._base import PASS_IMAGES, Cost, Explainer
 from ._registration import register_method
 
 #: The families lxt's ViT rules reach: their blocks use torch's GELU and LayerNorm (or a
@@ -214,6 +214,7 @@ class AttnLRP(Explainer):
     family = "lrp"
     score_targets = True
     needs_gradients = True
+    images_per_pass = PASS_IMAGES
     requires = ("lxt", "zennit")
     extra = "lrp"
     parameter_constraints: ClassVar[dict[str, Spec]] = {

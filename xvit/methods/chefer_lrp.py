@@ -14,7 +14,7 @@ from ..models._base import Geometry, ModelAdapter, check_finite_logits
 from ..models._capture import Capture
 from ..models._prenorm import PRENORM
 from ._attention import patch_map
-from ._base import Cost, Explainer
+from ._base import PASS_IMAGES, Cost, Explainer
 from ._lrp import forward, relprop
 from ._registration import register_method
 
@@ -99,6 +99,7 @@ class CheferLRP(Explainer):
     family = "attention+gradient"
     score_targets = True
     needs_gradients = True
+    images_per_pass = PASS_IMAGES
     needs_attention = False  # the attention is recomputed from the declared parts
     parameter_constraints: ClassVar[dict[str, Spec]] = {
         "alpha": Real(low=1),

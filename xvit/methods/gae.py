@@ -7,7 +7,7 @@ import torch
 from .._targets import Target
 from ..models._base import ModelAdapter
 from ._attention import attention_and_grads, patch_map
-from ._base import Explainer
+from ._base import PASS_IMAGES, Explainer
 from ._registration import register_method
 
 
@@ -56,6 +56,7 @@ class GAE(Explainer):
     family = "attention+gradient"
     score_targets = True
     needs_gradients = True
+    images_per_pass = PASS_IMAGES
     needs_attention = True
 
     def compute(self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from .._constraints import Spec
 from .._targets import Target
 from ..models._base import ModelAdapter
-from ._base import Explainer
+from ._base import PASS_IMAGES, Explainer
 from ._gradients import target_gradient_pass
 from ._layers import LAYER, resolve_layer, tokens_to_grid
 from ._registration import register_method
@@ -56,6 +56,7 @@ class GradCAM(Explainer):
     family = "cam"
     score_targets = True
     needs_gradients = True
+    images_per_pass = PASS_IMAGES
     parameter_constraints: ClassVar[dict[str, Spec]] = {"layer": LAYER}
 
     def __init__(self, *, layer: Any = None) -> None:

@@ -11,7 +11,7 @@ from .._errors import ParameterError, UnsupportedModelError
 from .._targets import Target, gradient_scores
 from ..models._base import Geometry, ModelAdapter
 from ._attention import to_grid
-from ._base import Cost, Explainer
+from ._base import PASS_IMAGES, Cost, Explainer
 from ._gradients import target_gradient_pass
 from ._registration import register_method
 
@@ -92,6 +92,7 @@ class LeGrad(Explainer):
     family = "attention+gradient"
     score_targets = True
     needs_gradients = True
+    images_per_pass = PASS_IMAGES
     needs_attention = True
     parameter_constraints: ClassVar[dict[str, Spec]] = {
         "start_layer": Integer(),

@@ -10,7 +10,7 @@ from .._constraints import Real, Rule, Spec
 from .._targets import Target
 from ..models._base import ModelAdapter
 from ._attention import HEAD_FUSION, capture_attentions, fuse_heads, patch_map
-from ._base import Explainer
+from ._base import PASS_IMAGES, Explainer
 from ._registration import register_method
 
 
@@ -88,6 +88,7 @@ class AttentionRollout(Explainer):
     family = "attention"
     score_targets = True
     needs_attention = True
+    images_per_pass = PASS_IMAGES
     parameter_constraints: ClassVar[dict[str, Spec]] = {
         "head_fusion": HEAD_FUSION,
         "discard_ratio": Rule(
