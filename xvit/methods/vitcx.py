@@ -126,6 +126,8 @@ class ViTCX(TakesForwardOptions, Explainer):
     score_targets = True
     randomized = True
     quick_params: ClassVar[dict[str, Any]] = {"distance_threshold": 0.3}
+    # each image holds D soft masks at input size (D x H x W floats) until they are clustered
+    images_per_pass = 8
     parameter_constraints: ClassVar[dict[str, Spec]] = {
         "layer": LAYER,
         "distance_threshold": Real(0, 2),
