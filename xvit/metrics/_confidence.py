@@ -6,6 +6,8 @@ Grad-CAM++, WACV 2018), as pytorch-grad-cam's ``CamMultImageConfidenceChange`` c
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
+from typing import ClassVar
 
 import torch
 
@@ -13,13 +15,46 @@ from .._constraints import Spec
 from .._errors import ModelOutputError
 from .._forward import FORWARD_CONSTRAINTS, resolve_batch_size
 from ..models import ModelAdapter
-from ._base import UPSAMPLE
+from ._base import UPSAMPLE, Batch, Metric, MetricResult
 
 #: The parameters of both metrics: how maps reach the input, model inputs per forward.
 CONFIDENCE_CONSTRAINTS: dict[str, Spec] = {
     "upsample": UPSAMPLE,
     "batch_size": FORWARD_CONSTRAINTS["batch_size"],
 }
+
+
+class ConfidenceChange(Metric):
+    """The part Average Drop and Increase in Confidence share: parameters, cost, and the two
+    confidences ``Y`` and ``O`` of each image (:func:`confidences`); a subclass turns them into
+    its score (:meth:`from_confidences`)."""
+
+    paper = "Chattopadhay et al., Grad-CAM++, WACV 2018"
+    needs_model = True
+    cost = "Two forward passes per image: the image and the image multiplied by its map."
+    parameter_constraints: ClassVar[dict[str, Spec]] = CONFIDENCE_CONSTRAINTS
+
+    def __init__(self, *, upsample: str = "nearest", batch_size: int | str = 64) -> None:
+        self.upsample = upsample
+        self.batch_size = batch_size
+
+    def score(self, batch: Batch) -> MetricResult:
+        """The score of each image from its confidences ``Y`` and ``O``."""
+        assert batch.adapter is not None and batch.target is not None  # needs_model
+        y, o = confidences(
+            batch.adapter,
+            batch.x,
+            batch.target,
+            batch.saliency,
+            batch_size=self.batch_size,
+            metric=self.name,
+        )
+        return MetricResult(self.name, self.from_confidences(y, o))
+
+    @abstractmethod
+    def from_confidences(self, y: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """(B,) float64 scores from ``Y`` (the image) and ``O`` (the image times its map;
+        NaN for a constant map)."""
 
 
 def unit_range(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

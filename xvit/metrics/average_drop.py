@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from .._constraints import Spec
-from ._base import Batch, Metric, MetricResult, Saliency
-from ._confidence import CONFIDENCE_CONSTRAINTS, confidences
+from ._base import MetricResult, Saliency
+from ._confidence import ConfidenceChange
 from ._registration import register_metric
 
 
 @register_metric
-class AverageDrop(Metric):
+class AverageDrop(ConfidenceChange):
     """Average Drop (Chattopadhay et al., Grad-CAM++, WACV 2018).
 
     The map at input resolution is min-max scaled to [0, 1] and multiplies the image in the
@@ -52,28 +51,11 @@ class AverageDrop(Metric):
     name = "average_drop"
     short_name = "drop"
     summary = "share of the target probability lost on the image multiplied by its map"
-    paper = "Chattopadhay et al., Grad-CAM++, WACV 2018"
     higher_is_better = False
-    needs_model = True
-    cost = "Two forward passes per image: the image and the image multiplied by its map."
-    parameter_constraints: ClassVar[dict[str, Spec]] = CONFIDENCE_CONSTRAINTS
 
-    def __init__(self, *, upsample: str = "nearest", batch_size: int | str = 64) -> None:
-        self.upsample = upsample
-        self.batch_size = batch_size
-
-    def score(self, batch: Batch) -> MetricResult:
+    def from_confidences(self, y: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """``max(0, Y - O) / Y`` for each image of the batch."""
-        assert batch.adapter is not None and batch.target is not None  # needs_model
-        y, o = confidences(
-            batch.adapter,
-            batch.x,
-            batch.target,
-            batch.saliency,
-            batch_size=self.batch_size,
-            metric=self.name,
-        )
-        return MetricResult(self.name, (y - o).clamp_min(0) / y)
+        return (y - o).clamp_min(0) / y
 
 
 def average_drop(

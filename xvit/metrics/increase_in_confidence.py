@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from .._constraints import Spec
-from ._base import Batch, Metric, MetricResult, Saliency
-from ._confidence import CONFIDENCE_CONSTRAINTS, confidences
+from ._base import MetricResult, Saliency
+from ._confidence import ConfidenceChange
 from ._registration import register_metric
 
 
 @register_metric
-class IncreaseInConfidence(Metric):
+class IncreaseInConfidence(ConfidenceChange):
     """Increase in Confidence (Chattopadhay et al., Grad-CAM++, WACV 2018).
 
     The companion of :class:`~xvit.metrics.AverageDrop`, on the same multiplied images: 1.0
@@ -46,29 +45,12 @@ class IncreaseInConfidence(Metric):
     name = "increase_in_confidence"
     short_name = "incr"
     summary = "whether the target probability rises on the image multiplied by its map"
-    paper = "Chattopadhay et al., Grad-CAM++, WACV 2018"
     higher_is_better = True
-    needs_model = True
-    cost = "Two forward passes per image: the image and the image multiplied by its map."
-    parameter_constraints: ClassVar[dict[str, Spec]] = CONFIDENCE_CONSTRAINTS
 
-    def __init__(self, *, upsample: str = "nearest", batch_size: int | str = 64) -> None:
-        self.upsample = upsample
-        self.batch_size = batch_size
-
-    def score(self, batch: Batch) -> MetricResult:
+    def from_confidences(self, y: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """1.0 where ``O > Y``, else 0.0 (NaN for a constant map)."""
-        assert batch.adapter is not None and batch.target is not None  # needs_model
-        y, o = confidences(
-            batch.adapter,
-            batch.x,
-            batch.target,
-            batch.saliency,
-            batch_size=self.batch_size,
-            metric=self.name,
-        )
         rose = (o > y).double()
-        return MetricResult(self.name, torch.where(o.isnan(), math.nan, rose))
+        return torch.where(o.isnan(), math.nan, rose)
 
 
 def increase_in_confidence(
