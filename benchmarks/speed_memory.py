@@ -23,7 +23,7 @@ from typing import Any
 import xvit
 
 #: Parameters that set how many masked or perturbed inputs a method scores per image.
-WORK_PARAMS = ("num_masks", "n_masks", "num_samples", "n_samples", "nt_samples", "steps")
+WORK_PARAMS = ("num_masks", "n_masks", "num_samples", "n_samples", "nt_samples", "n_steps", "steps")
 
 _CODE = """
 import json, sys, torch, timm, xvit

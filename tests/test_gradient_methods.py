@@ -10,6 +10,8 @@ attributions cancel near zero.
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 import torch
 from captum.attr import InputXGradient, NoiseTunnel, Saliency
@@ -20,9 +22,9 @@ from torch import nn
 import xvit
 from conftest import MODEL_FACTORIES, _copies, model_input
 from model_state import snapshot
-from xvit._seeds import content_seed
+from xvit._seeds import content_seed, generator
 from xvit.methods.integrated_gradients import RULES, IntegratedGradients
-from xvit.methods.smoothgrad import SmoothGrad
+from xvit.methods.smoothgrad import NoiseStream, SmoothGrad
 
 MODELS = {
     "digits-vit": _copies(lambda: xvit.load_model("xvit:digits-vit")),
@@ -185,6 +187,44 @@ def test_smoothgrad_does_not_depend_on_batching(model: nn.Module) -> None:
     close(alone[0], whole[2])
     other_seed = SmoothGrad(n_samples=3, seed=1).attribute(model, x, t)
     assert not torch.allclose(other_seed, whole)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (1, 5, 5), (2, 3, 3), (1, 1, 1), (1, 1, 3)])
+@pytest.mark.parametrize("n_samples", [1, 15, 17, 50])
+@pytest.mark.parametrize("block", [1, 3, 64])
+def test_noise_drawn_in_blocks_equals_one_draw(shape: tuple, n_samples: int, block: int) -> None:
+    # the lazy blocks (memory flat in n_samples) must continue one draw exactly, so that the
+    # maps still equal Captum's, for any image size (values per image not a multiple of 16,
+    # a last block shorter than 16 values)
+    image = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    gen = generator(content_seed(3, image.numpy().tobytes()))
+    whole = torch.normal(0.0, torch.full((n_samples, *shape), 0.4), generator=gen)
+    stream = NoiseStream(image, 0.4, 3, n_samples, block)
+    got = [stream.take(list(range(s, min(s + 4, n_samples)))) for s in range(0, n_samples, 4)]
+    assert torch.equal(torch.cat(got), whole)
+
+
+def test_noise_stream_refuses_a_dropped_sample() -> None:
+    stream = NoiseStream(torch.zeros(3, 8, 8), 0.4, 3, n_samples=50, block=4)
+    stream.take([0, 1, 9])
+    with pytest.raises(RuntimeError, match="already dropped"):
+        stream.take([2])
+
+
+def test_smoothgrad_noise_memory_does_not_grow_with_samples(model: nn.Module) -> None:
+    # SmoothGrad keeps one block of noise per image of the current pass, not n_samples
+    x = model_input(model, batch=1, seed=2)
+    drawn: list[int] = []
+    original = NoiseStream._draw
+
+    def spy(self: NoiseStream, start: int) -> torch.Tensor:
+        out = original(self, start)
+        drawn.append(len(out))
+        return out
+
+    with patch.object(NoiseStream, "_draw", spy):
+        SmoothGrad(n_samples=40, batch_size=8).attribute(model, x, torch.tensor([1]))
+    assert sum(drawn) == 40 and max(drawn) <= 16, drawn
 
 
 def test_seed_none_draws_from_torchs_generator(model: nn.Module) -> None:

@@ -3,6 +3,7 @@ grid."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -123,12 +124,12 @@ class SmoothGrad(Explainer):
 
         Drawn as ``torch.normal(0, full(std))`` from a generator seeded with
         ``content_seed(seed, image values)``: the draw Captum's ``NoiseTunnel`` makes from
-        torch's global generator seeded the same way.
+        torch's global generator seeded the same way. :meth:`pixel_attributions` draws the
+        same values a block of samples at a time (:class:`NoiseStream`).
         """
-        values = image.detach().float().cpu().contiguous().numpy().tobytes()
-        gen = generator(content_seed(seed, values))
-        stds = torch.full((self.n_samples, *image.shape), std, dtype=torch.float32)
-        return torch.normal(0.0, stds, generator=gen)
+        return NoiseStream(image, std, seed, self.n_samples, self.n_samples).take(
+            list(range(self.n_samples))
+        )
 
     def pixel_attributions(
         self, adapter: ModelAdapter, inputs: torch.Tensor, target: Target
@@ -138,21 +139,26 @@ class SmoothGrad(Explainer):
         x = inputs.detach()
         seed = resolve_seed(self.seed)
         stds = self.noise_std(x).tolist()
-        # the noise of the images of the current chunk: chunks run through the images in
-        # order, so an image no longer needed is never needed again
-        drawn: dict[int, torch.Tensor] = {}
+        # each image's noise, drawn a block of samples at a time as its copies are needed:
+        # chunks run through the images (and each image's samples) in order, so an image no
+        # longer needed is never needed again, and memory does not grow with n_samples
+        chunk = inputs_per_pass(self.batch_size, adapter, x)
+        streams: dict[int, NoiseStream] = {}
 
         def noisy(owners: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
             needed = owners.tolist()
-            for i in set(drawn) - set(needed):
-                del drawn[i]
-            for i in sorted(set(needed) - set(drawn)):
-                drawn[i] = self.noise(x[i], stds[i], seed).to(device=x.device, dtype=x.dtype)
-            rows = [drawn[i][k] for i, k in zip(needed, steps.tolist())]
-            return x[owners] + torch.stack(rows)
+            for i in set(streams) - set(needed):
+                del streams[i]
+            for i in set(needed) - set(streams):
+                streams[i] = NoiseStream(x[i], stds[i], seed, self.n_samples, chunk)
+            step_list = steps.tolist()
+            rows = [
+                streams[i].take([k for j, k in zip(needed, step_list) if j == i]).to(x)
+                for i in dict.fromkeys(needed)
+            ]
+            return x[owners] + torch.cat(rows)
 
         total = torch.zeros_like(x)
-        chunk = inputs_per_pass(self.batch_size, adapter, x)
         passes = chunked_input_gradients(
             adapter, target, self.n_samples, len(x), chunk, x.device, noisy
         )
@@ -165,3 +171,56 @@ class SmoothGrad(Explainer):
         return pool_to_patches(
             self.pixel_attributions(adapter, inputs, target), adapter, self.pooling
         )
+
+
+class NoiseStream:
+    """One image's SmoothGrad noise, drawn on demand a block of samples at a time.
+
+    The values equal one draw of all ``n_samples`` x C x H x W values at once from the
+    image's generator (:meth:`SmoothGrad.noise`, Captum's draw): torch's CPU normal sampler
+    fills 16 values at a time from a sequential stream of uniforms, so consecutive draws whose
+    sizes are multiples of 16 values (and a last one of at least 16) continue one draw exactly.
+    Blocks are sized so; tests/test_gradient_methods.py checks the equality.
+
+    Args:
+        image: The C x H x W image (its values seed the generator).
+        std: The image's sigma.
+        seed: The call's seed.
+        n_samples: Samples in all.
+        block: Samples per draw, at least (rounded up to a multiple of 16 values).
+    """
+
+    def __init__(
+        self, image: torch.Tensor, std: float, seed: int, n_samples: int, block: int
+    ) -> None:
+        values = image.detach().float().cpu().contiguous().numpy().tobytes()
+        self._gen = generator(content_seed(seed, values))
+        self._shape = tuple(image.shape)
+        self._std = std
+        self._n = n_samples
+        numel = max(1, image.numel())
+        unit = 16 // math.gcd(numel, 16)
+        self._block = max(unit, -(-max(1, block) // unit) * unit)
+        self._numel = numel
+        self._start = 0  # first sample of the current block
+        self._values = torch.empty(0, *self._shape)
+
+    def take(self, steps: list[int]) -> torch.Tensor:
+        """The noise of samples ``steps`` (increasing, never before an earlier call's)."""
+        out = []
+        for k in steps:
+            end = self._start + len(self._values)
+            if k < self._start:
+                raise RuntimeError(f"noise of sample {k} was already dropped")
+            while k >= end:
+                self._start, self._values = end, self._draw(end)
+                end = self._start + len(self._values)
+            out.append(self._values[k - self._start])
+        return torch.stack(out) if out else torch.empty(0, *self._shape)
+
+    def _draw(self, start: int) -> torch.Tensor:
+        stop = min(start + self._block, self._n)
+        if 0 < (self._n - stop) * self._numel < 16:  # a short last draw would differ
+            stop = self._n
+        stds = torch.full((stop - start, *self._shape), self._std, dtype=torch.float32)
+        return torch.normal(0.0, stds, generator=self._gen)
