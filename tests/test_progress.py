@@ -115,6 +115,20 @@ def test_explain_progress_true_reports_per_image(timm_vit, capsys, monkeypatch) 
     assert any(d != int(d) for d in done)
 
 
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad"])
+def test_gradient_passes_move_progress_within_a_call(
+    method: str, timm_vit, capsys, monkeypatch
+) -> None:
+    # methods of many gradient passes per image report them as they go, like the kernel
+    fixed_speed(monkeypatch, 1e-6)
+    x = model_input(timm_vit, batch=2)
+    params = {"n_steps": 6} if method == "integrated_gradients" else {"n_samples": 6}
+    xvit.explain(method, timm_vit, x, batch_size=4, progress=True, **params)
+    done = counts(capsys.readouterr().err, "images")
+    assert done == sorted(done) and done[-1] == 2
+    assert len({d for d in done if 0 < d < 2}) >= 2
+
+
 def test_explain_is_silent_for_short_calls_and_with_progress_false(
     timm_vit, capsys, monkeypatch
 ) -> None:

@@ -12,8 +12,9 @@ between the caller and the kernel has to pass a reporter along:
 - :func:`reporting_to` makes a display the one that :func:`xvit.explain` calls inside the
   block report to (the benchmark runner shows one bar over all its explanations).
 - :func:`metering` installs the :class:`Meter` of one explanation call; the shared
-  mask-scoring kernel calls :func:`count_forwards` after every chunk, and the meter turns
-  forwards into (fractional) images on the display.
+  mask-scoring kernel and the chunked gradient passes (Integrated Gradients, SmoothGrad)
+  call :func:`count_forwards` after every chunk, and the meter turns those passes into
+  (fractional) images on the display.
 
 Counting only reads numbers: no tensor, random generator or model is touched, so a map is
 the same with progress on or off.

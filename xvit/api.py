@@ -159,7 +159,7 @@ def explain(
                     if display is None:
                         display = _display(explainer, adapter, x, cost, per_forward, progress)
                         stack.callback(display.close)
-                    meter = stack.enter_context(metering(display, cost.forwards))
+                    meter = stack.enter_context(metering(display, cost.passes))
             with meter.part(len(part)):
                 out = explainer.attribute(adapter, part, goal)
             maps.append(out.to(out_device))
@@ -189,7 +189,7 @@ def explain_maps(
     with model_lock(adapter.model), preserved_state(adapter.model):
         cost = explainer.cost(adapter.geometry, (int(x.shape[-2]), int(x.shape[-1])))
         display = current_display() or Progress(len(x), desc="", enabled=False)
-        with metering(display, cost.forwards) as meter:
+        with metering(display, cost.passes) as meter:
             parts = []
             for start in range(0, len(x), IMAGES_PER_CALL):
                 stop = start + IMAGES_PER_CALL

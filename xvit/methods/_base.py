@@ -58,6 +58,12 @@ class Cost:
     gradient_passes: int = 0
     at_most: bool = False
 
+    @property
+    def passes(self) -> int:
+        """Passes through the model per image, gradient passes included: what the progress
+        meter of :func:`xvit.explain` expects the kernels to report."""
+        return self.forwards + self.gradient_passes
+
     def seconds(self, per_forward: float, images: int = 1) -> float:
         """Estimated time for ``images`` images at ``per_forward`` seconds per image-forward."""
         work = self.forwards + GRADIENT_PASS_FORWARDS * self.gradient_passes

@@ -10,6 +10,7 @@ import torch
 
 from .._constraints import OneOf
 from .._forward import resolve_batch_size
+from .._progress import count_forwards
 from .._targets import Target
 from ..models._base import ModelAdapter
 from ._gradients import input_gradients
@@ -81,4 +82,6 @@ def chunked_input_gradients(
         rows = torch.arange(start, min(start + chunk, total), device=device)
         owners, steps = rows // per_image, rows % per_image
         x = make_inputs(owners, steps)
-        yield owners, steps, x, input_gradients(adapter, x, target_of(target, owners))
+        grads = input_gradients(adapter, x, target_of(target, owners))
+        count_forwards(len(rows))  # the progress meter of the explain call, if any
+        yield owners, steps, x, grads
