@@ -44,7 +44,10 @@ def _binary_masks_with_repeats(b: int, k: int, h: int, w: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model_name", ["timm-vit", "hf-deit-teacher"])
-def test_deduplicated_scores_equal_plain_scores(model_name: str) -> None:
+def test_deduplicated_scores_equal_plain_scores(model_name: str, monkeypatch) -> None:
+    # forwards counted whole: without the patch-token path's capture pass (tests of that
+    # path: test_patch_tokens.py)
+    monkeypatch.setattr("xvit.methods._scoring.patch_token_parts", lambda adapter: None)
     model = MODEL_FACTORIES[model_name]()
     adapter = CountingAdapter(xvit.get_adapter(model))
     x = model_input(model, batch=2)

@@ -21,6 +21,12 @@ A mask usually perturbs pixels; with ``token_masks=True`` it names instead the p
 a copy keeps, and the copy runs on those tokens alone (TIS), through
 :class:`~xvit.models.TokenSubset`.
 
+Binary pixel masks on the patch grid with a fill perturbation (GradMask's) keep or fill whole
+patches; where the adapter has the ``"patch_tokens"`` capability such copies are scored from
+the patch tokens and block-0 q/k/v of each image and of its filled copy, computed once, in
+place of the patch embedding, pixel product and first projections of every copy
+(:class:`~xvit.models._patch_tokens.PatchTokens`): the same logits, less work.
+
 After each chunk the loop reports the forwards it made to the progress meter of the
 :func:`xvit.explain` call, if any (:func:`xvit._progress.count_forwards`), so that progress
 moves within a method's batch; the report only counts and changes no result.
@@ -43,19 +49,32 @@ from .._progress import count_forwards
 from .._targets import Target, TargetScore, masked_scores
 from ..models._base import ModelAdapter, check_finite_logits
 from ..models._capture import TokenSubset
+from ..models._patch_tokens import PatchTokens, patch_token_parts
 
 Perturb = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def fill_perturb(fill: float | torch.Tensor = 0.0) -> Perturb:
-    """x * m + fill * (1 - m): masked-out pixels take the value ``fill`` (input space)."""
+class FillPerturb:
+    """``x * m + fill * (1 - m)``: masked-out pixels take the value ``fill`` (input space).
 
-    def perturb(x: torch.Tensor, m: torch.Tensor, _index: torch.Tensor) -> torch.Tensor:
+    With a binary mask it selects, pixel by pixel, between the image and its filled copy
+    ``perturb(x, 0)``; :func:`score_masks` relies on that to score patch-masked copies from
+    patch tokens (:mod:`xvit.models._patch_tokens`).
+    """
+
+    def __init__(self, fill: float | torch.Tensor = 0.0) -> None:
+        self.fill = fill
+
+    def __call__(self, x: torch.Tensor, m: torch.Tensor, _index: torch.Tensor) -> torch.Tensor:
+        fill = self.fill
         if isinstance(fill, torch.Tensor) or fill != 0:
             return x * m + torch.as_tensor(fill, dtype=x.dtype, device=x.device) * (1 - m)
         return x * m
 
-    return perturb
+
+def fill_perturb(fill: float | torch.Tensor = 0.0) -> Perturb:
+    """x * m + fill * (1 - m): masked-out pixels take the value ``fill`` (input space)."""
+    return FillPerturb(fill)
 
 
 def resolve_batch_size(batch_size: int | str, adapter: ModelAdapter, per_item_bytes: int) -> int:
@@ -292,6 +311,9 @@ def score_masks(
     scored = isinstance(target, TargetScore)
     outputs_finite = torch.ones(total if scored else 0, dtype=torch.bool, device=inputs.device)
     with torch.inference_mode(), subset or nullcontext():
+        patchwise = None
+        if subset is None and total >= 4 * b and b <= chunk:
+            patchwise = _patch_tokens(adapter, inputs, masks, perturb, upsample, opts, forward)
         for start in range(0, total, chunk):
             idx = torch.arange(start, min(start + chunk, total), device=inputs.device)
             if owner is not None:
@@ -304,6 +326,9 @@ def score_masks(
                 subset.keep(m.flatten(1).nonzero()[:, 1].view(len(idx), -1))
                 logits = forward(x).float()
                 subset.check_applied()
+            elif patchwise is not None:
+                with patchwise.copies(img, m.flatten(1).bool()):
+                    logits = forward(inputs[:1].expand(len(idx), *inputs.shape[1:])).float()
             else:
                 m = upsample_masks(m.to(inputs.dtype), (h, w), upsample).unsqueeze(1)
                 logits = forward(perturb(inputs[img], m, idx)).float()
@@ -318,6 +343,46 @@ def score_masks(
         target.check_finite(out, outputs_finite)
     check_finite_logits(out, "masked copies of the images")
     return out if owner is not None else out.view(b, k)
+
+
+def _patch_tokens(
+    adapter: ModelAdapter,
+    inputs: torch.Tensor,
+    masks: torch.Tensor,
+    perturb: Perturb,
+    upsample: str,
+    opts: ForwardOptions,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+) -> PatchTokens | None:
+    """The patch tokens of ``inputs`` and of their filled copies when every copy keeps or
+    fills whole patches and the model allows it exactly (see the module docstring); None
+    for the pixel path. Not under ``compile`` (its graph would hold the selections)."""
+    if not isinstance(perturb, FillPerturb) or opts.compile or upsample != "nearest":
+        return None
+    if (
+        isinstance(perturb.fill, torch.Tensor)
+        and perturb.fill.dim() == 4
+        and perturb.fill.shape[0] != 1
+    ):
+        return None  # a fill per image: not the same for every copy of a chunk
+    h, w = int(inputs.shape[-2]), int(inputs.shape[-1])
+    geo = adapter.geometry
+    grid = geo.grid(h, w)
+    if tuple(masks.shape[-2:]) != grid or (
+        grid[0] * geo.patch_size[0],
+        grid[1] * geo.patch_size[1],
+    ) != (h, w):
+        return None
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        return None
+    parts = patch_token_parts(adapter)
+    if parts is None:
+        return None
+    index = torch.arange(len(inputs), device=inputs.device)
+    ones = inputs.new_ones(len(inputs), 1, h, w)
+    clean, filled = perturb(inputs, ones, index), perturb(inputs, torch.zeros_like(ones), index)
+    tokens = PatchTokens(parts, clean, filled, forward, grid)
+    return tokens if tokens.exact_layout else None
 
 
 def _token_subset(adapter: ModelAdapter, masks: torch.Tensor, size: tuple[int, int]) -> TokenSubset:

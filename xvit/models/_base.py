@@ -26,6 +26,9 @@ from ._preprocessing import Preprocessing
 #: The capability of running the model on a subset of its patch tokens
 #: (:meth:`ModelAdapter.token_entry`, :class:`~xvit.models.TokenSubset`).
 TOKEN_SUBSET = "token_subset"
+#: The capability of scoring patch-masked copies from the image's patch tokens
+#: (:meth:`ModelAdapter.patch_embedding`, :mod:`xvit.models._patch_tokens`).
+PATCH_TOKENS = "patch_tokens"
 
 
 @dataclass(frozen=True)
@@ -305,6 +308,18 @@ class ModelAdapter(ABC):
         raise UnsupportedModelError(
             f"{type(self).__name__} does not declare the pre-norm parts of a "
             f"{type(self.model).__name__} (capability {PRENORM!r})"
+        )
+
+    def patch_embedding(self) -> nn.Module:
+        """The module that turns pixels into patch tokens, each token from its own patch's
+        pixels alone, after which every step up to the first block acts on each token
+        separately. Adapters with the ``"patch_tokens"`` capability name it; the mask-scoring
+        kernel then scores patch-masked copies from the tokens of the image and of its
+        filled copy (:mod:`xvit.models._patch_tokens`; the same logits, less work).
+        """
+        raise UnsupportedModelError(
+            f"{type(self).__name__} does not name the patch embedding of a "
+            f"{type(self.model).__name__} (no 'patch_tokens' capability)"
         )
 
     def token_entry(self) -> nn.Module:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import (
+    PATCH_TOKENS,
     TOKEN_SUBSET,
     AttentionSource,
     BlockSources,
@@ -175,6 +176,13 @@ class Family:
             (prefix and patch tokens, positions added), where no later module needs a
             token's position (no relative position bias, no rotary embedding); None where
             that does not hold. Declaring it adds the ``"token_subset"`` capability.
+        patch_embed: The module that turns pixels into patch tokens, each from its own
+            patch's pixels alone (a convolution with stride = kernel = patch, maybe a
+            per-token norm), after which every step up to the first block acts on each token
+            separately (prefix tokens, positions, per-token norms, eval-mode dropout); None
+            where that does not hold. Its output is B x P x D, B x h x w x D or B x D x h x w.
+            Declaring it adds the ``"patch_tokens"`` capability: patch-masked copies are then
+            scored from the image's patch tokens (:mod:`xvit.models._patch_tokens`).
 
     Example:
         >>> import xvit
@@ -209,6 +217,7 @@ class Family:
     prenorm: Callable[[Any], PreNormViT] | None = None
     head: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
     token_entry: Callable[[Any], nn.Module] | None = None
+    patch_embed: Callable[[Any], nn.Module] | None = None
 
 
 class FamilyAdapter(ModelAdapter):
@@ -241,7 +250,8 @@ class FamilyAdapter(ModelAdapter):
                 declared = frozenset({PRENORM}) if family.prenorm is not None else frozenset()
                 head = frozenset({"head"}) if family.head is not None else frozenset()
                 tokens = {TOKEN_SUBSET} if family.token_entry is not None else set()
-                cls.capabilities = family.capabilities | declared | head | tokens
+                patches = {PATCH_TOKENS} if family.patch_embed is not None else set()
+                cls.capabilities = family.capabilities | declared | head | tokens | patches
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -305,6 +315,11 @@ class FamilyAdapter(ModelAdapter):
         if self.family.prenorm is None:
             return super().prenorm_parts()
         return self.family.prenorm(self.model)
+
+    def patch_embedding(self) -> nn.Module:
+        if self.family.patch_embed is None:
+            return super().patch_embedding()
+        return self.family.patch_embed(self.model)
 
     def token_entry(self) -> nn.Module:
         if self.family.token_entry is None:

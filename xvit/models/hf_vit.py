@@ -243,6 +243,7 @@ HF_VIT = Family(
     prenorm=_prenorm,
     head=_head,
     token_entry=lambda model: child(backbone_of(model), "embeddings"),
+    patch_embed=lambda model: child(child(backbone_of(model), "embeddings"), "patch_embeddings"),
 )
 
 

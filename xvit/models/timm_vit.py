@@ -213,6 +213,7 @@ TIMM_VIT = Family(
     prenorm=_prenorm,
     head=_head,
     token_entry=lambda model: model.pos_drop,  # _pos_embed ends with it
+    patch_embed=lambda model: model.patch_embed,
 )
 
 

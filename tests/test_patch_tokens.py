@@ -1,0 +1,210 @@
+"""Patch-masked copies scored from patch tokens (xvit.models._patch_tokens, issue 18).
+
+The oracle is the pixel path of the same kernel: the same masks applied by a perturbation
+the kernel does not recognise (so it multiplies the pixels and runs the plain forward).
+Equality is exact: the same numbers go through the same operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from unittest.mock import patch
+
+import pytest
+import torch
+from torch import nn
+
+import xvit
+from conftest import MODEL_FACTORIES, model_input
+from model_state import snapshot
+from xvit.methods._scoring import fill_perturb, score_masks
+from xvit.models._patch_tokens import PatchTokens, patch_token_parts, reads_each_patch_alone
+
+
+def pixel_perturb(fill: float) -> object:
+    """The fill perturbation, as a plain function the kernel takes the pixel path for."""
+
+    def perturb(x: torch.Tensor, m: torch.Tensor, _index: torch.Tensor) -> torch.Tensor:
+        return x * m + fill * (1 - m)
+
+    return perturb
+
+
+@contextmanager
+def counting_token_copies() -> Iterator[list[int]]:
+    """How many chunks went through the patch-token path in the block."""
+    seen = [0]
+    original = PatchTokens.copies
+
+    def copies(self: PatchTokens, owner: torch.Tensor, keep: torch.Tensor):  # type: ignore[no-untyped-def]
+        seen[0] += 1
+        return original(self, owner, keep)
+
+    with patch.object(PatchTokens, "copies", copies):
+        yield seen
+
+
+def grid_masks(model: nn.Module, count: int, seed: int = 0) -> torch.Tensor:
+    geo = xvit.get_adapter(model).geometry
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(count, *geo.grid(), generator=g) > 0.5).float()
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_FACTORIES))
+@pytest.mark.parametrize("fill", [0.0, 0.7])
+def test_token_path_equals_the_pixel_path(name: str, fill: float) -> None:
+    model = MODEL_FACTORIES[name]()
+    adapter = xvit.get_adapter(model)
+    x = model_input(model, batch=3)
+    target = torch.tensor([0, 1, 2])
+    masks = grid_masks(model, 12)
+    masks[0] = 1.0  # the whole image and nothing of it are copies too
+    masks[1] = 0.0
+    with counting_token_copies() as used:
+        fast = score_masks(adapter, x, target, masks, perturb=fill_perturb(fill), batch_size=8)
+    slow = score_masks(adapter, x, target, masks, perturb=pixel_perturb(fill), batch_size=8)
+    assert used[0] == 5  # 36 copies in chunks of 8, every one by tokens
+    assert torch.equal(fast, slow)
+
+
+def test_blocks_after_the_first_see_the_same_tokens(timm_vit: nn.Module) -> None:
+    # a user's hook on a later block still runs, and sees what the pixel copies give it
+    adapter = xvit.get_adapter(timm_vit)
+    x, target, masks = model_input(timm_vit, batch=2), torch.tensor([0, 1]), grid_masks(timm_vit, 8)
+    seen: list[torch.Tensor] = []
+    handle = timm_vit.blocks[1].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        with counting_token_copies() as used:
+            score_masks(adapter, x, target, masks, batch_size=16)
+        fast = torch.cat(seen)
+        seen.clear()
+        score_masks(adapter, x, target, masks, perturb=pixel_perturb(0.0), batch_size=16)
+    finally:
+        handle.remove()
+    assert used[0] == 1
+    assert torch.equal(fast, torch.cat(seen))
+
+
+def test_gradmask_maps_are_unchanged(timm_vit: nn.Module) -> None:
+    x = model_input(timm_vit, batch=3)
+    with counting_token_copies() as used:
+        fast = xvit.explain("gradmask", timm_vit, x).map
+    with patch("xvit.methods._scoring.patch_token_parts", lambda adapter: None):
+        slow = xvit.explain("gradmask", timm_vit, x).map
+    assert used[0] > 0
+    assert torch.equal(fast, slow)
+
+
+def test_bf16_token_path_is_close_to_the_pixel_path(timm_vit: nn.Module) -> None:
+    adapter = xvit.get_adapter(timm_vit)
+    x, target, masks = model_input(timm_vit, batch=2), torch.tensor([0, 1]), grid_masks(timm_vit, 8)
+    kw = {"batch_size": 16, "precision": "bf16"}
+    with counting_token_copies() as used:
+        fast = score_masks(adapter, x, target, masks, **kw)
+    slow = score_masks(adapter, x, target, masks, perturb=pixel_perturb(0.0), **kw)
+    assert used[0] == 1
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+
+
+def cases_for_the_pixel_path(model: nn.Module) -> dict[str, dict]:
+    geo = xvit.get_adapter(model).geometry
+    gh, gw = geo.grid()
+    soft = torch.rand(8, gh, gw, generator=torch.Generator().manual_seed(3))
+    finer = torch.rand(8, 2 * gh, 2 * gw, generator=torch.Generator().manual_seed(3)) > 0.5
+    return {
+        "soft masks": {"masks": soft},
+        "masks finer than the grid": {"masks": finer.float()},
+        "another perturbation": {"perturb": pixel_perturb(0.0)},
+        "bilinear upsampling": {"upsample": "bilinear"},
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "soft masks",
+        "masks finer than the grid",
+        "another perturbation",
+        "bilinear upsampling",
+    ],
+)
+def test_pixel_path_where_tokens_would_not_be_exact(case: str, timm_vit: nn.Module) -> None:
+    adapter = xvit.get_adapter(timm_vit)
+    kw = {"masks": grid_masks(timm_vit, 8), **cases_for_the_pixel_path(timm_vit)[case]}
+    with counting_token_copies() as used:
+        score_masks(adapter, model_input(timm_vit), torch.tensor([0, 1]), batch_size=16, **kw)
+    assert used[0] == 0
+
+
+@pytest.mark.parametrize("where", ["patch embedding", "first norm", "first projections"])
+def test_a_users_hook_keeps_the_pixel_path(where: str, timm_vit: nn.Module) -> None:
+    module = {
+        "patch embedding": timm_vit.patch_embed,
+        "first norm": timm_vit.blocks[0].norm1,
+        "first projections": timm_vit.blocks[0].attn.qkv,
+    }[where]
+    calls: list[int] = []
+    handle = module.register_forward_hook(lambda _m, args, out: calls.append(len(out)))
+    try:
+        adapter = xvit.get_adapter(timm_vit)
+        with counting_token_copies() as used:
+            score_masks(
+                adapter, model_input(timm_vit), torch.tensor([0, 1]), grid_masks(timm_vit, 8)
+            )
+    finally:
+        handle.remove()
+    assert used[0] == 0 and sum(calls) == 16  # the hook saw every copy
+
+
+def test_training_mode_keeps_the_pixel_path(timm_vit: nn.Module) -> None:
+    timm_vit.train()
+    assert patch_token_parts(xvit.get_adapter(timm_vit)) is None
+
+
+def test_model_is_left_as_it_was_also_after_an_error(timm_vit: nn.Module) -> None:
+    adapter = xvit.get_adapter(timm_vit)
+    x, target, masks = model_input(timm_vit), torch.tensor([0, 1]), grid_masks(timm_vit, 8)
+    before = snapshot(timm_vit)
+    score_masks(adapter, x, target, masks)
+    assert snapshot(timm_vit) == before
+
+    def fail(_module: nn.Module, _args: object) -> None:
+        raise RuntimeError("a later block fails")
+
+    handle = timm_vit.blocks[1].register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(xvit.ModelOutputError, match="a later block fails"):
+            score_masks(adapter, x, target, masks)
+    finally:
+        handle.remove()
+    assert snapshot(timm_vit) == before
+
+
+def test_only_non_overlapping_patch_embeddings_qualify() -> None:
+    assert reads_each_patch_alone(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.LayerNorm(8)))
+    stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 4, stride=4))
+    assert not reads_each_patch_alone(stem)  # a stem mixes neighbouring patches
+    assert not reads_each_patch_alone(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU()))
+    assert not reads_each_patch_alone(nn.Conv2d(3, 8, 4, stride=4, padding=1))
+
+
+def test_families_that_declare_it(any_model: nn.Module) -> None:
+    adapter = xvit.get_adapter(any_model)
+    assert "patch_tokens" in adapter.capabilities
+    parts = patch_token_parts(adapter)
+    assert parts is not None and parts.qkv  # pre-norm: block 0's projections too
+
+
+def test_a_fill_image_takes_the_token_path_too(timm_vit: nn.Module) -> None:
+    adapter = xvit.get_adapter(timm_vit)
+    x, target, masks = model_input(timm_vit), torch.tensor([0, 1]), grid_masks(timm_vit, 8)
+    fill = torch.randn(1, *x.shape[1:], generator=torch.Generator().manual_seed(4))
+
+    def pixels(x: torch.Tensor, m: torch.Tensor, _index: torch.Tensor) -> torch.Tensor:
+        return x * m + fill * (1 - m)
+
+    with counting_token_copies() as used:
+        fast = score_masks(adapter, x, target, masks, perturb=fill_perturb(fill))
+    assert used[0] == 1
+    assert torch.equal(fast, score_masks(adapter, x, target, masks, perturb=pixels))

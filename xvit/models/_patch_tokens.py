@@ -1,0 +1,229 @@
+"""Masked copies of an image scored from its patch tokens instead of its pixels.
+
+A copy made with a binary mask on the patch grid (each patch wholly kept or wholly filled)
+has, at the patch embedding, exactly the tokens of the image where the mask keeps a patch
+and those of the filled image (every pixel replaced) where it does not: the embedding reads
+each patch's pixels alone. Every step after it up to the first block acts on each token
+separately (positions added, prefix tokens prepended, per-token norms), and in a pre-norm
+block so do the first norm and the q/k/v projections. So for a batch of such copies
+:class:`PatchTokens` computes the patch tokens and block-0 q/k/v of each image and of its
+filled copy once, and each copy's forward takes them by selection (``torch.where``) in place
+of the patch embedding, upsampling, pixel product, first norm and q/k/v projections. The
+rest of the model's own forward runs unchanged; the logits equal those of the pixel copies
+(the same numbers go through the same operations).
+
+Families declare the module (``Family.patch_embed``: the ``"patch_tokens"`` capability).
+The path is taken only where it is exact and leaves nothing behind: eval mode, no hooks or
+replaced ``forward`` on the modules it stands in for, replacements removed on exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._errors import UnsupportedModelError
+from ._base import PATCH_TOKENS, ModelAdapter
+from ._guard import has_hooks
+from ._prenorm import PRENORM
+
+
+class _Captured(BaseException):
+    """Ends the capture forward once every module of interest has run (a BaseException, so
+    that the adapter's error translation lets it through)."""
+
+
+@dataclass(frozen=True)
+class PatchTokenParts:
+    """The modules a copy's forward takes its values from selections for.
+
+    Attributes:
+        patch: The patch embedding.
+        prefix_tokens: Tokens before the patches in the first block.
+        norm1: Block 0's first norm (skipped: only the projections read it), or None.
+        qkv: Block 0's q/k/v projection modules (one fused or three), or () where the
+            blocks are not declared pre-norm.
+    """
+
+    patch: nn.Module
+    prefix_tokens: int
+    norm1: nn.Module | None = None
+    qkv: tuple[nn.Module, ...] = ()
+
+    def modules(self) -> list[nn.Module]:
+        return [self.patch, *([self.norm1] if self.norm1 is not None else []), *self.qkv]
+
+
+def patch_token_parts(adapter: ModelAdapter) -> PatchTokenParts | None:
+    """The parts of ``adapter``'s model for :class:`PatchTokens`, or None where the path
+    would not be exact or would skip somebody's hook (no ``"patch_tokens"`` capability,
+    training mode, hooks or a replaced ``forward`` on those modules)."""
+    if PATCH_TOKENS not in adapter.capabilities or adapter.model.training:
+        return None
+    block = adapter.blocks()[0]
+    norm1: nn.Module | None = None
+    qkv: tuple[nn.Module, ...] = ()
+    if PRENORM in adapter.capabilities and block.qkv.weight is None:
+        try:
+            first = adapter.prenorm_parts().blocks[0]
+        except UnsupportedModelError:  # a block of another shape: the embedding part only
+            first = None
+        if first is not None and first.norm1 is block.norm1:
+            norm1, qkv = block.norm1, tuple(block.qkv.modules)
+    try:
+        patch = adapter.patch_embedding()
+    except UnsupportedModelError:
+        return None
+    if not reads_each_patch_alone(patch):
+        return None
+    parts = PatchTokenParts(patch, int(adapter.geometry.num_prefix_tokens), norm1, qkv)
+    return None if has_hooks(parts.modules()) else parts
+
+
+#: Modules that act on each position (or token) separately.
+_PER_TOKEN = (nn.LayerNorm, nn.Identity, nn.Flatten, nn.Dropout)
+
+
+def reads_each_patch_alone(module: nn.Module) -> bool:
+    """Whether ``module`` is made of one non-overlapping convolution (stride = kernel, no
+    padding or dilation) and per-token parts only: then each output token depends on its own
+    patch's pixels alone (a hybrid CNN stem, for one, does not).
+
+    Example:
+        >>> reads_each_patch_alone(nn.Conv2d(3, 8, kernel_size=4, stride=4))
+        True
+        >>> reads_each_patch_alone(nn.Conv2d(3, 8, kernel_size=4, stride=2))
+        False
+    """
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    others = [m for m in module.modules() if not isinstance(m, (nn.Conv2d, *_PER_TOKEN))]
+    if len(convs) != 1 or any(list(m.children()) == [] for m in others):
+        return False
+    conv = convs[0]
+    return (
+        tuple(conv.kernel_size) == tuple(conv.stride)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.padding in ((0, 0), 0, "valid")
+    )
+
+
+class PatchTokens:
+    """The patch tokens (and block-0 q/k/v) of B images and of their filled copies, for
+    scoring masked copies by selection (see the module docstring).
+
+    Args:
+        parts: From :func:`patch_token_parts`.
+        clean: B x C x H x W, the images as the copies keep them.
+        filled: B x C x H x W, the images with every pixel filled.
+        run: The forward the copies go through (its precision, e.g. autocast, applies to
+            the values kept here too); run once on the 2B images, stopped after block 0's
+            projections.
+        grid: The patch grid (h, w).
+    """
+
+    def __init__(
+        self,
+        parts: PatchTokenParts,
+        clean: torch.Tensor,
+        filled: torch.Tensor,
+        run: Callable[[torch.Tensor], torch.Tensor],
+        grid: tuple[int, int],
+    ) -> None:
+        self.parts = parts
+        self.grid = grid
+        wanted = [parts.patch, *parts.qkv]
+        seen: dict[int, torch.Tensor] = {}
+
+        def keeper(i: int) -> Callable[..., None]:
+            def hook(_module: nn.Module, _args: object, out: torch.Tensor) -> None:
+                seen[i] = out
+                if len(seen) == len(wanted):
+                    raise _Captured
+
+            return hook
+
+        handles = [m.register_forward_hook(keeper(i)) for i, m in enumerate(wanted)]
+        try:
+            run(torch.cat([clean, filled]))
+        except _Captured:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(seen) != len(wanted):
+            raise UnsupportedModelError(
+                "the patch embedding or block 0's projections did not run in the forward"
+            )
+        b = len(clean)
+        self._pairs = [(seen[i][:b], seen[i][b:]) for i in range(len(wanted))]
+        self._layout = _patch_layout(seen[0].shape, grid)
+
+    @property
+    def exact_layout(self) -> bool:
+        """Whether the patch embedding's output has a known layout (B x P x D, B x h x w x D
+        or B x D x h x w); callers fall back to pixels when not."""
+        return self._layout is not None
+
+    @contextmanager
+    def copies(self, owner: torch.Tensor, keep: torch.Tensor) -> Iterator[None]:
+        """Inside the block, a forward of ``len(owner)`` inputs (any values of the right
+        shape) computes the copies of images ``owner`` keeping patches ``keep`` (n x P,
+        bool)."""
+        n = len(owner)
+        layout = self._layout
+        assert layout is not None, "check exact_layout first"
+        rows = torch.cat([keep.new_ones(n, self.parts.prefix_tokens), keep], dim=1)
+        outs = [
+            torch.where(_broadcast(keep, layout, self.grid), a[owner], b[owner])
+            if i == 0
+            else torch.where(rows.unsqueeze(-1), a[owner], b[owner])
+            for i, (a, b) in enumerate(self._pairs)
+        ]
+        stand_ins: list[tuple[nn.Module, Callable[..., torch.Tensor]]] = [
+            (self.parts.patch, _returning(outs[0]))
+        ]
+        if self.parts.norm1 is not None:
+            stand_ins.append((self.parts.norm1, _identity))
+        stand_ins += [(m, _returning(out)) for m, out in zip(self.parts.qkv, outs[1:])]
+        try:
+            for module, forward in stand_ins:
+                module.forward = forward  # type: ignore[method-assign]
+            yield
+        finally:
+            for module, _ in stand_ins:
+                vars(module).pop("forward", None)
+
+
+def _returning(value: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def forward(*_args: object, **_kwargs: object) -> torch.Tensor:
+        return value
+
+    return forward
+
+
+def _identity(x: torch.Tensor, *_args: object, **_kwargs: object) -> torch.Tensor:
+    return x
+
+
+def _patch_layout(shape: torch.Size, grid: tuple[int, int]) -> str | None:
+    h, w = grid
+    if len(shape) == 3 and shape[1] == h * w:
+        return "tokens"
+    if len(shape) == 4 and tuple(shape[1:3]) == (h, w):
+        return "nhwc"
+    if len(shape) == 4 and tuple(shape[2:4]) == (h, w):
+        return "nchw"
+    return None
+
+
+def _broadcast(keep: torch.Tensor, layout: str, grid: tuple[int, int]) -> torch.Tensor:
+    n = len(keep)
+    if layout == "tokens":
+        return keep.view(n, -1, 1)
+    if layout == "nhwc":
+        return keep.view(n, *grid, 1)
+    return keep.view(n, 1, *grid)
