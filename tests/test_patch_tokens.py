@@ -2,7 +2,10 @@
 
 The oracle is the pixel path of the same kernel: the same masks applied by a perturbation
 the kernel does not recognise (so it multiplies the pixels and runs the plain forward).
-Equality is exact: the same numbers go through the same operations.
+The same numbers go through the same operations, so the tokens entering the blocks are
+equal exactly; the logits may still differ in the last bit where a BLAS kernel's summation
+order depends on the memory alignment of its operands (MKL does so), hence ``close``:
+1e-7 absolute on probabilities.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from conftest import MODEL_FACTORIES, model_input
 from model_state import snapshot
 from xvit.methods._scoring import fill_perturb, score_masks
 from xvit.models._patch_tokens import PatchTokens, patch_token_parts, reads_each_patch_alone
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def pixel_perturb(fill: float) -> object:
@@ -65,7 +72,7 @@ def test_token_path_equals_the_pixel_path(name: str, fill: float) -> None:
         fast = score_masks(adapter, x, target, masks, perturb=fill_perturb(fill), batch_size=8)
     slow = score_masks(adapter, x, target, masks, perturb=pixel_perturb(fill), batch_size=8)
     assert used[0] == 5  # 36 copies in chunks of 8, every one by tokens
-    assert torch.equal(fast, slow)
+    close(fast, slow)
 
 
 def test_blocks_after_the_first_see_the_same_tokens(timm_vit: nn.Module) -> None:
@@ -93,7 +100,7 @@ def test_gradmask_maps_are_unchanged(timm_vit: nn.Module) -> None:
     with patch("xvit.methods._scoring.patch_token_parts", lambda adapter: None):
         slow = xvit.explain("gradmask", timm_vit, x).map
     assert used[0] > 0
-    assert torch.equal(fast, slow)
+    close(fast, slow)
 
 
 def test_bf16_token_path_is_close_to_the_pixel_path(timm_vit: nn.Module) -> None:
@@ -207,4 +214,4 @@ def test_a_fill_image_takes_the_token_path_too(timm_vit: nn.Module) -> None:
     with counting_token_copies() as used:
         fast = score_masks(adapter, x, target, masks, perturb=fill_perturb(fill))
     assert used[0] == 1
-    assert torch.equal(fast, score_masks(adapter, x, target, masks, perturb=pixels))
+    close(fast, score_masks(adapter, x, target, masks, perturb=pixels))

@@ -159,13 +159,20 @@ class PatchTokens:
                 "the patch embedding or block 0's projections did not run in the forward"
             )
         b = len(clean)
-        self._pairs = [(seen[i][:b], seen[i][b:]) for i in range(len(wanted))]
-        self._layout = _patch_layout(seen[0].shape, grid)
+        self._images = b
+        tensors = all(isinstance(seen[i], torch.Tensor) for i in range(len(wanted)))
+        self._layout = _patch_layout(seen[0].shape, grid) if tensors else None
+        # each kept as 2B x T x C rows (images, then filled copies), so that a copy's values
+        # are one gather: row (owner + B * filled) of every token
+        self._rows: list[torch.Tensor] = []
+        if self._layout is not None:
+            self._rows = [_as_rows(seen[0], self._layout)]
+            self._rows += [seen[i].contiguous() for i in range(1, len(wanted))]
 
     @property
     def exact_layout(self) -> bool:
-        """Whether the patch embedding's output has a known layout (B x P x D, B x h x w x D
-        or B x D x h x w); callers fall back to pixels when not."""
+        """Whether the patch embedding's output is one tensor of a known layout (B x P x D,
+        B x h x w x D or B x D x h x w); callers fall back to pixels when not."""
         return self._layout is not None
 
     @contextmanager
@@ -173,22 +180,19 @@ class PatchTokens:
         """Inside the block, a forward of ``len(owner)`` inputs (any values of the right
         shape) computes the copies of images ``owner`` keeping patches ``keep`` (n x P,
         bool)."""
-        n = len(owner)
         layout = self._layout
         assert layout is not None, "check exact_layout first"
-        rows = torch.cat([keep.new_ones(n, self.parts.prefix_tokens), keep], dim=1)
-        outs = [
-            torch.where(_broadcast(keep, layout, self.grid), a[owner], b[owner])
-            if i == 0
-            else torch.where(rows.unsqueeze(-1), a[owner], b[owner])
-            for i, (a, b) in enumerate(self._pairs)
-        ]
+        n = len(owner)
+        prefix = keep.new_ones(n, self.parts.prefix_tokens)
+        patch = _from_rows(self._select(self._rows[0], owner, keep), layout, self.grid)
+        rows = torch.cat([prefix, keep], dim=1)
+        projections = [self._select(r, owner, rows) for r in self._rows[1:]]
         stand_ins: list[tuple[nn.Module, Callable[..., torch.Tensor]]] = [
-            (self.parts.patch, _returning(outs[0]))
+            (self.parts.patch, _returning(patch))
         ]
         if self.parts.norm1 is not None:
             stand_ins.append((self.parts.norm1, _identity))
-        stand_ins += [(m, _returning(out)) for m, out in zip(self.parts.qkv, outs[1:])]
+        stand_ins += [(m, _returning(out)) for m, out in zip(self.parts.qkv, projections)]
         try:
             for module, forward in stand_ins:
                 module.forward = forward  # type: ignore[method-assign]
@@ -196,6 +200,15 @@ class PatchTokens:
         finally:
             for module, _ in stand_ins:
                 vars(module).pop("forward", None)
+
+    def _select(self, rows: torch.Tensor, owner: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """n x T x C: token t of copy i from image ``owner[i]`` where ``keep[i, t]``, else from
+        its filled copy."""
+        n, tokens = keep.shape
+        source = owner.unsqueeze(1) + self._images * (~keep).long()
+        index = (source * tokens + torch.arange(tokens, device=keep.device)).flatten()
+        flat = rows.reshape(-1, rows.shape[-1])
+        return flat.index_select(0, index).view(n, tokens, rows.shape[-1])
 
 
 def _returning(value: torch.Tensor) -> Callable[..., torch.Tensor]:
@@ -220,10 +233,17 @@ def _patch_layout(shape: torch.Size, grid: tuple[int, int]) -> str | None:
     return None
 
 
-def _broadcast(keep: torch.Tensor, layout: str, grid: tuple[int, int]) -> torch.Tensor:
-    n = len(keep)
+def _as_rows(out: torch.Tensor, layout: str) -> torch.Tensor:
+    """The patch embedding's output as B x P x C rows."""
+    if layout == "nchw":
+        return out.flatten(2).transpose(1, 2).contiguous()
+    return out.reshape(out.shape[0], -1, out.shape[-1]).contiguous()
+
+
+def _from_rows(rows: torch.Tensor, layout: str, grid: tuple[int, int]) -> torch.Tensor:
+    """n x P x C rows back in the patch embedding's layout."""
     if layout == "tokens":
-        return keep.view(n, -1, 1)
+        return rows
     if layout == "nhwc":
-        return keep.view(n, *grid, 1)
-    return keep.view(n, 1, *grid)
+        return rows.view(len(rows), *grid, rows.shape[-1])
+    return rows.transpose(1, 2).reshape(len(rows), rows.shape[-1], *grid)
