@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xvit
 from faithful_gradmask import faithful_gradmask
 from speed_memory import memory_rows
-from speed_work import batching_rows, irreducible_rows
+from speed_work import batching_rows, irreducible_rows, rank_agreement
 
 #: The CPU sections, in the order they run (``--only`` picks some).
 SECTIONS = ("speed", "work", "batching", "memory")
@@ -237,6 +237,9 @@ WORK_COLUMNS = [
     "irreducible_s",
     "ratio_vs_irreducible",
     "speedup_vs_authors_style",
+    "spearman_mean",
+    "spearman_min",
+    "same_top_patch",
 ]
 BATCHING_COLUMNS = [
     "method",
@@ -278,9 +281,12 @@ def quick(method: str) -> dict[str, Any]:
 
 
 def cpu_work_sections(
-    sections: set[str], quick_run: bool, extra: dict[str, Any]
+    sections: set[str], quick_run: bool, extra: dict[str, Any], bf16: bool | None = None
 ) -> dict[str, list[dict[str, Any]]]:
-    """The irreducible-work, batching and memory tables on CPU."""
+    """The irreducible-work, batching and memory tables on CPU; GradMask in bf16 too where
+    ``bf16`` (default: where the CPU has AVX-512, whose BF16 extension makes bf16 fast)."""
+    if bf16 is None:
+        bf16 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     cpu = torch.device("cpu")
     out: dict[str, list[dict[str, Any]]] = {}
     model = embedded_model(cpu)
@@ -294,16 +300,28 @@ def cpu_work_sections(
             "embedded ViT, CPU",
             model,
             x[:n],
-            {"gradmask": {}},
+            [("gradmask", {}), *([("gradmask", {"precision": "bf16"})] if bf16 else [])],
             batch_size=64,
             rounds=3 if quick_run else 5,
             baseline=lambda: faithful_gradmask(model, x[:n], targets),
         )
+        if bf16:
+            agreement = rank_agreement("gradmask", model, x[:n], {"batch_size": 64})
+            for row in rows:
+                if row["precision"] == "bf16":
+                    row.update(agreement)
+        else:
+            print(
+                f"no bf16 row: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no "
+                f"fast bf16 matmul (AVX512-BF16/AMX), where bf16 runs several times slower "
+                f"than fp32; --bf16 times it anyway",
+                flush=True,
+            )
         rows += irreducible_rows(
             "embedded ViT, CPU",
             model,
             x[: max(2, n // 8)],
-            {"rise": {"num_masks": 1000, "seed": 0}, "vitcx": {}},
+            [("rise", {"num_masks": 1000, "seed": 0}), ("vitcx", {})],
             batch_size=64,
             rounds=3,
         )
@@ -349,6 +367,7 @@ def main() -> None:
     ap.add_argument("--gpu-only", action="store_true", help="skip the CPU cases")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (CPU and CUDA)")
     ap.add_argument("--memory-only", action="store_true", help="only the CUDA memory-scaling check")
+    ap.add_argument("--bf16", action="store_true", help="time GradMask in bf16 on any CPU")
     ap.add_argument("--json", type=Path, default=None, help="write all rows to this file")
     ap.add_argument("--md", type=Path, default=None, help="write the tables to this file")
     ap.add_argument(
@@ -421,7 +440,7 @@ def main() -> None:
             repeats=2,
         )
     if not args.gpu_only and not args.memory_only:
-        tables = cpu_work_sections(sections, args.quick, extra)
+        tables = cpu_work_sections(sections, args.quick, extra, True if args.bf16 else None)
     if args.memory_only and torch.cuda.is_available():
         extra["memory_cuda"] = memory_scaling(torch.device("cuda"), 10, 1000)
         print("memory:", json.dumps(extra["memory_cuda"]), flush=True)

@@ -10,7 +10,9 @@ is shared and drifts, and a ratio of two timings from the same rounds survives t
   deduplication, no last-block shortcut; the masked images' content does not change the
   time, so one batch of them is reused). ``ratio = irreducible / xvit``: 1 means xvit does
   no work beyond it, above 1 that its savings (identical masks, the last-block shortcut)
-  beat the plain path.
+  beat the plain path. GradMask runs in fp32 and in bf16 (its plain passes then under the
+  same autocast), each against the authors-style per-image path (fp32) in the same rounds;
+  ``rank_agreement`` says how far bf16 maps rank patches as fp32 maps do.
 * ``batching_rows``: every registered method on a batch of images in one call against the
   same images one call at a time; ``batched_gain`` = one-at-a-time seconds / batched seconds
   (at least 1: batching never costs per image).
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from scipy.stats import rankdata
 
 import xvit
 import xvit.methods._scoring as scoring
@@ -92,47 +95,60 @@ def plain_forwards(model: torch.nn.Module, x: torch.Tensor, total: int, batch_si
             model(chunk[: min(batch_size, total - start)])
 
 
+def case_label(method: str, params: dict[str, Any]) -> str:
+    """``method``, with its precision when it is not fp32 (``gradmask (bf16)``)."""
+    precision = params.get("precision", "fp32")
+    return method if precision == "fp32" else f"{method} ({precision})"
+
+
 def irreducible_rows(
     label: str,
     model: torch.nn.Module,
     x: torch.Tensor,
-    methods: dict[str, dict[str, Any]],
+    cases: list[tuple[str, dict[str, Any]]],
     *,
     batch_size: int,
     rounds: int,
     baseline: Callable[[], Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """xvit against the irreducible work, per method (see the module docstring); with
-    ``baseline`` (the authors-style per-image GradMask) its time too, in the same rounds."""
+    """xvit against the irreducible work, per (method, parameters) case (see the module
+    docstring; a bf16 case's plain passes run under the same bf16 autocast); with
+    ``baseline`` (the authors-style per-image GradMask, fp32) its time too, in the same
+    rounds, and each GradMask case's speed-up over it."""
     jobs: dict[str, Callable[[], Any]] = {}
     counts = {}
-    for method, params in methods.items():
+    for method, params in cases:
+        name = case_label(method, params)
         p = {"batch_size": batch_size, **params}
-        counts[method] = masked_images(method, model, x, p)
+        counts[name] = masked_images(method, model, x, p)
         grads = xvit.get_method(method).needs_gradients
+        bf16 = params.get("precision") == "bf16"
 
-        def plain(method: str = method, grads: bool = grads) -> None:
-            if grads:
-                plain_gradient_pass(model, x, batch_size)
-            else:
-                plain_forwards(model, x, len(x), batch_size)
-            plain_forwards(model, x, counts[method], batch_size)
+        def plain(name: str = name, grads: bool = grads, bf16: bool = bf16) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if grads:
+                    plain_gradient_pass(model, x, batch_size)
+                else:
+                    plain_forwards(model, x, len(x), batch_size)
+                plain_forwards(model, x, counts[name], batch_size)
 
         xvit.explain(method, model, x[:1], **p)  # warm-up outside the timing
-        jobs[f"{method}: xvit"] = lambda method=method, p=p: xvit.explain(method, model, x, **p)
-        jobs[f"{method}: irreducible"] = plain
+        jobs[f"{name}: xvit"] = lambda method=method, p=p: xvit.explain(method, model, x, **p)
+        jobs[f"{name}: irreducible"] = plain
     if baseline is not None:
         jobs["gradmask: authors-style"] = baseline
     best = best_of(jobs, rounds)
     rows = []
     n = len(x)
-    for method in methods:
-        ours, plain_s = best[f"{method}: xvit"], best[f"{method}: irreducible"]
+    for method, params in cases:
+        name = case_label(method, params)
+        ours, plain_s = best[f"{name}: xvit"], best[f"{name}: irreducible"]
         row = {
             "case": label,
-            "method": method,
+            "method": name,
+            "precision": params.get("precision", "fp32"),
             "images": n,
-            "masked_images_per_image": counts[method] / n,
+            "masked_images_per_image": counts[name] / n,
             "xvit_s": ours,
             "irreducible_s": plain_s,
             "ratio_vs_irreducible": plain_s / ours,
@@ -142,6 +158,29 @@ def irreducible_rows(
             row["speedup_vs_authors_style"] = best["gradmask: authors-style"] / ours
         rows.append(row)
     return rows
+
+
+def rank_agreement(
+    method: str, model: torch.nn.Module, x: torch.Tensor, params: dict[str, Any]
+) -> dict[str, float]:
+    """Spearman correlation, per image, between ``method``'s maps in bf16 and in fp32 (same
+    parameters otherwise): its mean and minimum, and the share of images with the same top
+    patch."""
+    fp32 = xvit.explain(method, model, x, **{**params, "precision": "fp32"}).map.flatten(1)
+    bf16 = xvit.explain(method, model, x, **{**params, "precision": "bf16"}).map.flatten(1)
+
+    def ranks(v: torch.Tensor) -> torch.Tensor:  # average ranks of ties, as scipy's
+        return torch.tensor(rankdata(v.double().numpy(), axis=1))
+
+    a, b = ranks(fp32), ranks(bf16)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    rho = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    same_top = (fp32.argmax(1) == bf16.argmax(1)).double().mean()
+    return {
+        "spearman_mean": float(rho.mean()),
+        "spearman_min": float(rho.min()),
+        "same_top_patch": float(same_top),
+    }
 
 
 def batching_rows(
