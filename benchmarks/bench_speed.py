@@ -216,6 +216,70 @@ def memory_scaling(device: torch.device, small: int, large: int) -> dict[str, An
     )
 
 
+def cuda_memory_rows(
+    device: torch.device, methods: list[str], small: int, large: int
+) -> list[dict[str, Any]]:
+    """Every method's peak CUDA memory for ``large`` images over ``small`` (the tiny ViT of
+    the CPU check, quick parameters; the images live in host memory)."""
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=4, num_classes=10
+    )
+    model = model.to(device).eval()
+    rows = []
+    for method in methods:
+        cls = xvit.get_method(method)
+        params = {**cls.quick_params, **({"seed": 0} if cls.randomized else {})}
+        peaks = {}
+        for n in (small, large):
+            x = torch.randn(n, 3, 32, 32)
+            torch.cuda.empty_cache()
+            run = lambda x=x, m=method, p=params: xvit.explain(m, model, x, **p)  # noqa: E731
+            _, _, peaks[n] = timed(run, device)
+        rows.append(
+            {
+                "method": method,
+                "work": "images",
+                "small": small,
+                "large": large,
+                "peak_small_mb": peaks[small] / 2**20,
+                "peak_large_mb": peaks[large] / 2**20,
+                "ratio": peaks[large] / peaks[small],
+            }
+        )
+        print("cuda memory:", json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def gpu_floor_lines(rows: list[dict[str, Any]], extra: dict[str, Any]) -> list[str]:
+    """Issue 18's GPU floors against this run's numbers, one line each."""
+    lines = []
+    vit = [
+        r
+        for r in rows
+        if r["case"] == "ViT-B/16 (random), CUDA"
+        and r["method"] == "gradmask"
+        and r["precision"] == "bf16"
+    ]
+    if vit:
+        rate = vit[0]["expl_per_s"]
+        lines.append(f"ViT-B/16 GradMask bf16: {rate:.1f} expl/s (floor 85): {rate >= 85}")
+        tf = vit[0].get("tflops")
+        if tf is not None:
+            peak = extra.get("bf16_matmul_tflops", float("nan"))
+            lines.append(f"  {tf:.0f} TFLOP/s of a measured {peak:.0f} TFLOP/s bf16 matmul peak")
+    ranks = extra.get("vit_b16_bf16_vs_fp32")
+    if ranks:
+        rho = ranks["spearman_min"]
+        lines.append(f"bf16 vs fp32 maps: min Spearman {rho:.4f} (floor 0.99): {rho >= 0.99}")
+    memory = [extra["memory_cuda"]] if "memory_cuda" in extra else []
+    memory += extra.get("memory_cuda_methods", [])
+    for m in memory:
+        name = m.get("method", "gradmask (ViT-B/16)")
+        lines.append(f"CUDA memory {name}: {m['ratio']:.2f}x (floor 1.2): {m['ratio'] <= 1.2}")
+    return lines
+
+
 SPEED_COLUMNS = [
     "case",
     "method",
@@ -354,6 +418,7 @@ def write_markdown(path: Path, rows: list[dict[str, Any]], tables: dict[str, lis
         "work": ("## Against the irreducible work", WORK_COLUMNS),
         "batching": ("## Batched against one image at a time", BATCHING_COLUMNS),
         "memory": ("## Peak memory against the amount of work (VmHWM)", MEMORY_COLUMNS),
+        "memory_cuda": ("## Peak CUDA memory against the number of images", MEMORY_COLUMNS),
     }
     for key, (title, cols) in titles.items():
         if key in tables:
@@ -472,8 +537,19 @@ def main() -> None:
                     roofline=roof,
                 )
             del model
+        vit = build("vit_base_patch16_224", gpu)
+        images = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        extra["vit_b16_bf16_vs_fp32"] = rank_agreement(
+            "gradmask", vit, images.to(gpu), {"batch_size": 512}
+        )
+        print("bf16 vs fp32 ranks:", json.dumps(extra["vit_b16_bf16_vs_fp32"]), flush=True)
+        del vit
         extra["memory_cuda"] = memory_scaling(gpu, 10, 100 if args.quick else 1000)
         print("memory:", json.dumps(extra["memory_cuda"]), flush=True)
+        extra["memory_cuda_methods"] = cuda_memory_rows(
+            gpu, available_methods(), 10, 100 if args.quick else 1000
+        )
+        tables["memory_cuda"] = extra["memory_cuda_methods"]
         if args.compile:
             rows += bench_case(
                 "ViT-B/16 (random), CUDA, compiled",
@@ -487,6 +563,8 @@ def main() -> None:
                 compile_model=True,
             )
     print_table(rows)
+    if torch.cuda.is_available() and not args.memory_only:
+        print("\n".join(gpu_floor_lines(rows, extra)), flush=True)
     print(json.dumps(extra, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, **extra}, indent=1))

@@ -166,8 +166,8 @@ def rank_agreement(
     """Spearman correlation, per image, between ``method``'s maps in bf16 and in fp32 (same
     parameters otherwise): its mean and minimum, and the share of images with the same top
     patch."""
-    fp32 = xvit.explain(method, model, x, **{**params, "precision": "fp32"}).map.flatten(1)
-    bf16 = xvit.explain(method, model, x, **{**params, "precision": "bf16"}).map.flatten(1)
+    fp32 = xvit.explain(method, model, x, **{**params, "precision": "fp32"}).map.flatten(1).cpu()
+    bf16 = xvit.explain(method, model, x, **{**params, "precision": "bf16"}).map.flatten(1).cpu()
 
     def ranks(v: torch.Tensor) -> torch.Tensor:  # average ranks of ties, as scipy's
         return torch.tensor(rankdata(v.double().numpy(), axis=1))
