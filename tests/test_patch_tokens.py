@@ -16,6 +16,8 @@ from unittest.mock import patch
 
 import pytest
 import torch
+from family_models import FAMILY_FACTORIES
+from test_gradmask import spread_weights
 from torch import nn
 
 import xvit
@@ -201,6 +203,60 @@ def test_families_that_declare_it(any_model: nn.Module) -> None:
     assert "patch_tokens" in adapter.capabilities
     parts = patch_token_parts(adapter)
     assert parts is not None and parts.qkv  # pre-norm: block 0's projections too
+
+
+def open_clip_zero_shot() -> nn.Module:
+    """test_open_clip's tiny CLIP as a zero-shot classifier (skipped without open_clip)."""
+    pytest.importorskip("open_clip", reason="open_clip is not installed (optional)")
+    from test_open_clip import text_features, tiny_clip  # its module skips without open_clip
+
+    model = tiny_clip()
+    return xvit.zero_shot(model, text_features=text_features(model))
+
+
+#: The families beyond timm ViT and HF ViT/DeiT: patch embedding only (no pre-norm parts).
+OTHER_FAMILIES = {**FAMILY_FACTORIES, "open-clip-zero-shot": open_clip_zero_shot}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_FAMILIES))
+def test_other_families_score_copies_from_patch_tokens(name: str) -> None:
+    # spread weights: fresh timm BEiT (layer scale 1e-5) scores every copy alike
+    model = spread_weights(OTHER_FAMILIES[name]())
+    adapter = xvit.get_adapter(model)
+    assert "patch_tokens" in adapter.capabilities
+    x, target = model_input(model, batch=3), torch.tensor([0, 1, 2])
+    masks = grid_masks(model, 12)
+    masks[0], masks[1] = 1.0, 0.0
+    with counting_token_copies() as used:
+        fast = score_masks(adapter, x, target, masks, perturb=fill_perturb(0.7), batch_size=8)
+    slow = score_masks(adapter, x, target, masks, perturb=pixel_perturb(0.7), batch_size=8)
+    assert used[0] == 5  # 36 copies in chunks of 8, every one by tokens
+    assert (slow.amax(dim=1) - slow.amin(dim=1)).min() > 1e-5  # the masks matter, well over atol
+    close(fast, slow)
+
+
+def test_a_conv_stem_keeps_the_pixel_path() -> None:
+    from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
+
+    torch.manual_seed(0)
+    stem = [ConvStemConfig(out_channels=8, kernel_size=3, stride=2) for _ in range(3)]
+    model = VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        num_classes=3,
+        conv_stem_configs=stem,
+    ).eval()
+    adapter = xvit.get_adapter(model)
+    assert "patch_tokens" in adapter.capabilities  # declared by the family, refused per model
+    assert patch_token_parts(adapter) is None
+    x, target, masks = model_input(model), torch.tensor([0, 1]), grid_masks(model, 8)
+    with counting_token_copies() as used:
+        score_masks(adapter, x, target, masks)
+    assert used[0] == 0
 
 
 def test_a_fill_image_takes_the_token_path_too(timm_vit: nn.Module) -> None:

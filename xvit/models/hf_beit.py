@@ -30,7 +30,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, inherits, model_lock, pair
-from ._family import FamilyAdapter, hf_eager, second_tensor, tensor_or_none
+from ._family import FamilyAdapter, child, hf_eager, second_tensor, tensor_or_none
 from ._preprocessing import HALF, Preprocessing, attached_preprocessing
 from .hf_vit import HF_VIT, backbone_of, check_projections, encoder_layers, projections
 
@@ -159,6 +159,12 @@ HF_BEIT = replace(
     check=_check,
     head=_head,
     token_entry=None,  # the relative position bias needs every token's place in the grid
+    # the convolution, not patch_embeddings: that returns (tokens, grid) in Data2VecVision and
+    # transformers 4.x, which no stand-in tensor replaces; after the convolution come a
+    # flatten, CLS, positions (interpolated from the input's shape) and dropout, per token
+    patch_embed=lambda model: child(
+        child(child(_backbone(model), "embeddings"), "patch_embeddings"), "projection"
+    ),
 )
 
 

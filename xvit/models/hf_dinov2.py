@@ -78,6 +78,9 @@ HF_DINOV2 = replace(
     check=lambda model: check_projections(model, encoder_layers(_backbone(model))),
     head=_head,
     token_entry=lambda model: child(_backbone(model), "embeddings"),  # registers: after positions
+    # after it: CLS, positions (interpolated from the input's shape, not its pixels),
+    # registers and dropout, each per token
+    patch_embed=lambda model: child(child(_backbone(model), "embeddings"), "patch_embeddings"),
 )
 
 

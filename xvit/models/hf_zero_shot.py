@@ -130,6 +130,8 @@ HF_ZERO_SHOT = Family(
     preprocessing=_preprocessing,
     check=_check,
     token_entry=lambda model: child(_tower(model), "embeddings"),
+    # after the convolution: a flatten, CLS (CLIP), positions and CLIP's pre_layrnorm, per token
+    patch_embed=lambda model: child(child(_tower(model), "embeddings"), "patch_embedding"),
     **CLASSIFIER_HEAD,
 )
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, QKVSource, inherits, pair
-from ._family import Family, FamilyAdapter, second_tensor
+from ._family import Family, FamilyAdapter, child, second_tensor
 from ._multihead import multihead_eager
 from ._preprocessing import Preprocessing, attached_preprocessing
 from ._zero_shot import CLASSIFIER_HEAD, ZeroShotClassifier
@@ -112,6 +112,8 @@ OPEN_CLIP_ZERO_SHOT = Family(
     qkv_on_eager_path=True,  # nn.MultiheadAttention projects inside one fused call
     preprocessing=_preprocessing,
     check=_check,
+    # after conv1: a reshape, CLS, positions, eval-mode patch dropout and ln_pre, per token
+    patch_embed=lambda model: child(_tower(model), "conv1"),
     **CLASSIFIER_HEAD,
 )
 
@@ -126,7 +128,7 @@ class OpenClipZeroShotAdapter(FamilyAdapter):
         >>> import xvit
         >>> cls = xvit.models.OpenClipZeroShotAdapter
         >>> cls.family.name, cls.framework, sorted(cls.capabilities)
-        ('open-clip-zero-shot', 'open_clip', ['attention', 'qkv'])
+        ('open-clip-zero-shot', 'open_clip', ['attention', 'patch_tokens', 'qkv'])
     """
 
     family = OPEN_CLIP_ZERO_SHOT

@@ -74,6 +74,9 @@ def _family(name: str, classes: tuple[str, ...], description: str) -> Family:
         prenorm=None,  # other block shapes
         check=_check,
         token_entry=None,  # rope and relative bias need every token's place in the grid
+        # after it: CLS/register tokens, positions (resampled by grid shape), eval-mode patch
+        # dropout and norm_pre, each per token; rope and relative bias act inside the blocks
+        patch_embed=lambda model: model.patch_embed,
     )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .._errors import UnsupportedModelError
 from ._base import AttentionSource, QKVSource, inherits, pair
-from ._family import Family, FamilyAdapter, second_tensor
+from ._family import Family, FamilyAdapter, child, second_tensor
 from ._multihead import eager_multihead_attention, multihead_eager
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, attached_preprocessing
 
@@ -86,6 +86,9 @@ TORCHVISION_VIT = Family(
     check=_check,
     head=lambda model, tokens: model.heads(model.encoder.ln(tokens)[:, 0]),
     token_entry=lambda model: model.encoder.dropout,  # right after the position embedding
+    # after it: a reshape, CLS, positions and dropout, per token; a conv stem (conv_stem_configs)
+    # reads neighbouring patches and is refused by reads_each_patch_alone (pixel path)
+    patch_embed=lambda model: child(model, "conv_proj"),
 )
 
 
