@@ -89,8 +89,11 @@ class GradMask(TakesForwardOptions, Explainer):
             gradient pass that builds the masks always runs in the model's own precision).
         compile: Run the masked forwards through ``torch.compile``.
 
-    Identical masks of an image are scored once and an all-ones mask reuses the unmasked
-    forward; the map is unchanged by these savings.
+    Identical masks of an image are scored once, an all-ones mask reuses the unmasked
+    forward, the last block runs for the prefix rows only where the head reads nothing else,
+    and each masked copy starts from the image's patch tokens (and block-0 q/k/v) rather
+    than its pixels where the model's family allows it (the ``"patch_tokens"`` capability:
+    every built-in family); the map is unchanged by these savings.
 
     With a score function as the target (see :func:`xvit.explain`), its score is
     differentiated instead of the target logit, and each masked copy is weighted by its
