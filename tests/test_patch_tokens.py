@@ -24,7 +24,12 @@ import xvit
 from conftest import MODEL_FACTORIES, model_input
 from model_state import snapshot
 from xvit.methods._scoring import fill_perturb, score_masks
-from xvit.models._patch_tokens import PatchTokens, patch_token_parts, reads_each_patch_alone
+from xvit.models._patch_tokens import (
+    PatchTokens,
+    _patch_layout,
+    patch_token_parts,
+    reads_each_patch_alone,
+)
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -271,3 +276,11 @@ def test_a_fill_image_takes_the_token_path_too(timm_vit: nn.Module) -> None:
         fast = score_masks(adapter, x, target, masks, perturb=fill_perturb(fill))
     assert used[0] == 1
     close(fast, score_masks(adapter, x, target, masks, perturb=pixels))
+
+
+def test_patch_layout_is_read_with_the_token_width() -> None:
+    # a width equal to the grid height no longer passes for a grid dimension
+    assert _patch_layout(torch.Size([2, 8, 4, 6]), (4, 6), 8) == "nchw"
+    assert _patch_layout(torch.Size([2, 4, 6, 8]), (4, 6), 8) == "nhwc"
+    assert _patch_layout(torch.Size([2, 24, 8]), (4, 6), 8) == "tokens"
+    assert _patch_layout(torch.Size([2, 4, 6, 4]), (4, 6), 8) is None

@@ -44,6 +44,7 @@ class PatchTokenParts:
     Attributes:
         patch: The patch embedding.
         prefix_tokens: Tokens before the patches in the first block.
+        width: The token width D (the patch embedding's channels).
         norm1: Block 0's first norm (skipped: only the projections read it), or None.
         qkv: Block 0's q/k/v projection modules (one fused or three), or () where the
             blocks are not declared pre-norm.
@@ -51,6 +52,7 @@ class PatchTokenParts:
 
     patch: nn.Module
     prefix_tokens: int
+    width: int
     norm1: nn.Module | None = None
     qkv: tuple[nn.Module, ...] = ()
 
@@ -80,7 +82,8 @@ def patch_token_parts(adapter: ModelAdapter) -> PatchTokenParts | None:
         return None
     if not reads_each_patch_alone(patch):
         return None
-    parts = PatchTokenParts(patch, int(adapter.geometry.num_prefix_tokens), norm1, qkv)
+    geo = adapter.geometry
+    parts = PatchTokenParts(patch, int(geo.num_prefix_tokens), int(geo.hidden_size), norm1, qkv)
     return None if has_hooks(parts.modules()) else parts
 
 
@@ -161,7 +164,8 @@ class PatchTokens:
         b = len(clean)
         self._images = b
         tensors = all(isinstance(seen[i], torch.Tensor) for i in range(len(wanted)))
-        self._layout = _patch_layout(seen[0].shape, grid) if tensors else None
+        width = parts.width
+        self._layout = _patch_layout(seen[0].shape, grid, width) if tensors else None
         # each kept as 2B x T x C rows (images, then filled copies), so that a copy's values
         # are one gather: row (owner + B * filled) of every token
         self._rows: list[torch.Tensor] = []
@@ -222,13 +226,14 @@ def _identity(x: torch.Tensor, *_args: object, **_kwargs: object) -> torch.Tenso
     return x
 
 
-def _patch_layout(shape: torch.Size, grid: tuple[int, int]) -> str | None:
+def _patch_layout(shape: torch.Size, grid: tuple[int, int], width: int) -> str | None:
+    """Which of B x P x D, B x h x w x D, B x D x h x w ``shape`` is (D = ``width``)."""
     h, w = grid
-    if len(shape) == 3 and shape[1] == h * w:
+    if tuple(shape[1:]) == (h * w, width):
         return "tokens"
-    if len(shape) == 4 and tuple(shape[1:3]) == (h, w):
+    if tuple(shape[1:]) == (h, w, width):
         return "nhwc"
-    if len(shape) == 4 and tuple(shape[2:4]) == (h, w):
+    if tuple(shape[1:]) == (width, h, w):
         return "nchw"
     return None
 
