@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xvit
 from faithful_gradmask import faithful_gradmask
-from speed_memory import memory_rows
+from speed_memory import memory_row, memory_rows
 from speed_work import batching_rows, irreducible_rows, rank_agreement
 
 #: The CPU sections, in the order they run (``--only`` picks some).
@@ -228,25 +228,14 @@ def cuda_memory_rows(
     model = model.to(device).eval()
     rows = []
     for method in methods:
-        cls = xvit.get_method(method)
-        params = {**cls.quick_params, **({"seed": 0} if cls.randomized else {})}
+        params = quick(method)
         peaks = {}
         for n in (small, large):
             x = torch.randn(n, 3, 32, 32)
             torch.cuda.empty_cache()
             run = lambda x=x, m=method, p=params: xvit.explain(m, model, x, **p)  # noqa: E731
             _, _, peaks[n] = timed(run, device)
-        rows.append(
-            {
-                "method": method,
-                "work": "images",
-                "small": small,
-                "large": large,
-                "peak_small_mb": peaks[small] / 2**20,
-                "peak_large_mb": peaks[large] / 2**20,
-                "ratio": peaks[large] / peaks[small],
-            }
-        )
+        rows.append(memory_row(method, "images", small, large, peaks[small], peaks[large]))
         print("cuda memory:", json.dumps(rows[-1]), flush=True)
     return rows
 

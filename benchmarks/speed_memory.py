@@ -71,18 +71,21 @@ def memory_rows(methods: list[str], small: int, large: int) -> list[dict[str, An
     for method in methods:
         params = method_params(method)
         a, b = peak_rss(method, small, params), peak_rss(method, large, params)
-        rows.append(_row(method, "images", small, large, a, b))
+        rows.append(memory_row(method, "images", small, large, a, b))
         print("memory:", json.dumps(rows[-1]), flush=True)
         param = work_param(method)
         if param is not None:
             lo = peak_rss(method, 2, {**params, param: 1000})
             hi = peak_rss(method, 2, {**params, param: 16000})
-            rows.append(_row(method, param, 1000, 16000, lo, hi))
+            rows.append(memory_row(method, param, 1000, 16000, lo, hi))
             print("memory:", json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def _row(method: str, work: str, small: int, large: int, a: float, b: float) -> dict[str, Any]:
+def memory_row(
+    method: str, work: str, small: int, large: int, a: float, b: float
+) -> dict[str, Any]:
+    """One table row: peak bytes ``a`` at the ``small`` amount of work, ``b`` at ``large``."""
     return {
         "method": method,
         "work": work,

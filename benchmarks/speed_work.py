@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from scipy.stats import rankdata
 
 import xvit
 import xvit.methods._scoring as scoring
+from xvit.metrics._similarity import spearman
 
 
 def best_of(jobs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
@@ -168,13 +168,7 @@ def rank_agreement(
     patch."""
     fp32 = xvit.explain(method, model, x, **{**params, "precision": "fp32"}).map.flatten(1).cpu()
     bf16 = xvit.explain(method, model, x, **{**params, "precision": "bf16"}).map.flatten(1).cpu()
-
-    def ranks(v: torch.Tensor) -> torch.Tensor:  # average ranks of ties, as scipy's
-        return torch.tensor(rankdata(v.double().numpy(), axis=1))
-
-    a, b = ranks(fp32), ranks(bf16)
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    rho = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    rho = spearman(fp32, bf16)
     same_top = (fp32.argmax(1) == bf16.argmax(1)).double().mean()
     return {
         "spearman_mean": float(rho.mean()),

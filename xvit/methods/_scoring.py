@@ -312,6 +312,8 @@ def score_masks(
     outputs_finite = torch.ones(total if scored else 0, dtype=torch.bool, device=inputs.device)
     with torch.inference_mode(), subset or nullcontext():
         patchwise = None
+        # worth its capture pass of 2B images from 4 copies per image on; the 2B images'
+        # kept tokens and q/k/v stay within about one chunk's activations when B <= chunk
         if subset is None and total >= 4 * b and b <= chunk:
             patchwise = _patch_tokens(adapter, inputs, masks, perturb, upsample, opts, forward)
         for start in range(0, total, chunk):

@@ -7,7 +7,7 @@ each patch's pixels alone. Every step after it up to the first block acts on eac
 separately (positions added, prefix tokens prepended, per-token norms), and in a pre-norm
 block so do the first norm and the q/k/v projections. So for a batch of such copies
 :class:`PatchTokens` computes the patch tokens and block-0 q/k/v of each image and of its
-filled copy once, and each copy's forward takes them by selection (``torch.where``) in place
+filled copy once, and each copy's forward takes them by selection (one gather) in place
 of the patch embedding, upsampling, pixel product, first norm and q/k/v projections. The
 rest of the model's own forward runs unchanged; the logits equal those of the pixel copies
 (the same numbers go through the same operations).
@@ -164,8 +164,7 @@ class PatchTokens:
         b = len(clean)
         self._images = b
         tensors = all(isinstance(seen[i], torch.Tensor) for i in range(len(wanted)))
-        width = parts.width
-        self._layout = _patch_layout(seen[0].shape, grid, width) if tensors else None
+        self._layout = _patch_layout(seen[0].shape, grid, parts.width) if tensors else None
         # each kept as 2B x T x C rows (images, then filled copies), so that a copy's values
         # are one gather: row (owner + B * filled) of every token
         self._rows: list[torch.Tensor] = []
@@ -186,11 +185,10 @@ class PatchTokens:
         bool)."""
         layout = self._layout
         assert layout is not None, "check exact_layout first"
-        n = len(owner)
-        prefix = keep.new_ones(n, self.parts.prefix_tokens)
-        patch = _from_rows(self._select(self._rows[0], owner, keep), layout, self.grid)
-        rows = torch.cat([prefix, keep], dim=1)
-        projections = [self._select(r, owner, rows) for r in self._rows[1:]]
+        prefix = keep.new_ones(len(owner), self.parts.prefix_tokens)
+        patch = _from_rows(_take(self._rows[0], self._gather_index(owner, keep)), layout, self.grid)
+        every_token = self._gather_index(owner, torch.cat([prefix, keep], dim=1))
+        projections = [_take(r, every_token) for r in self._rows[1:]]
         stand_ins: list[tuple[nn.Module, Callable[..., torch.Tensor]]] = [
             (self.parts.patch, _returning(patch))
         ]
@@ -205,14 +203,18 @@ class PatchTokens:
             for module, _ in stand_ins:
                 vars(module).pop("forward", None)
 
-    def _select(self, rows: torch.Tensor, owner: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """n x T x C: token t of copy i from image ``owner[i]`` where ``keep[i, t]``, else from
-        its filled copy."""
-        n, tokens = keep.shape
+    def _gather_index(self, owner: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """n x T row indices into the 2B x T rows: token t of copy i from image ``owner[i]``
+        where ``keep[i, t]``, else from its filled copy."""
+        tokens = keep.shape[1]
         source = owner.unsqueeze(1) + self._images * (~keep).long()
-        index = (source * tokens + torch.arange(tokens, device=keep.device)).flatten()
-        flat = rows.reshape(-1, rows.shape[-1])
-        return flat.index_select(0, index).view(n, tokens, rows.shape[-1])
+        return source * tokens + torch.arange(tokens, device=keep.device)
+
+
+def _take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The n x T x C values of ``rows`` (2B x T x C) at an n x T :meth:`_gather_index`."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    return flat.index_select(0, index.flatten()).view(*index.shape, rows.shape[-1])
 
 
 def _returning(value: torch.Tensor) -> Callable[..., torch.Tensor]:
