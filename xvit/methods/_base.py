@@ -24,6 +24,7 @@ from .._errors import (
     XvitError,
 )
 from .._forward import FORWARD_CONSTRAINTS, backing_off
+from .._heap import settle_heap
 from .._targets import Target, TargetScore, is_score, target_rows
 from ..models import adapters, get_adapter, model_lock, preserved_state
 from ..models._base import Geometry, ModelAdapter
@@ -211,6 +212,7 @@ class Explainer(Configurable, ABC):
         """
         adapter = get_adapter(adapter) if isinstance(adapter, nn.Module) else adapter
         target = _checked_call(self, adapter, inputs, target)
+        settle_heap()  # the forwards reuse freed memory instead of faulting it in (xvit._heap)
         with (
             model_lock(adapter.model),
             preserved_state(adapter.model),

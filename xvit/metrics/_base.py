@@ -21,6 +21,7 @@ from .._configurable import Configurable
 from .._constraints import OneOf, check_param
 from .._errors import InvalidInputError, ParameterError
 from .._forward import backing_off
+from .._heap import settle_heap
 from .._inputs import resolve_targets
 from .._seeds import derive_seed, resolve_seed
 from ..explanation import Explanation
@@ -253,6 +254,7 @@ class Metric(Configurable, ABC):
         boxes = box_masks(s_batch, (h, w), b) if self.needs_boxes else None
         if adapter is None:
             return self.score(Batch(x, saliency, image_seeds, boxes=boxes, explainer=method))
+        settle_heap()  # the scoring forwards reuse freed memory instead of faulting it in
         with model_lock(adapter.model), preserved_state(adapter.model):
             target = model_targets(adapter, x, y_batch)
             batch = Batch(x, saliency, image_seeds, adapter, target, boxes, method)
