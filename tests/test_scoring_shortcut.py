@@ -267,6 +267,77 @@ def test_timm_shortcut_falls_back(name: str, monkeypatch: pytest.MonkeyPatch) ->
     assert scoring[-1] == [xvit.get_adapter(model).geometry.num_tokens()]
 
 
+@contextmanager
+def linear_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
+    """(input rows, output features) of every ``F.linear`` the timm shortcut calls itself."""
+    import xvit.models.timm_vit as timm_vit
+
+    calls: list[tuple[int, int]] = []
+    functional = torch.nn.functional
+
+    class Spy:  # timm_vit's ``F``, with linear recorded (modules keep the real one)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(functional, name)
+
+        @staticmethod
+        def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> Any:
+            calls.append((int(x.shape[1]), int(w.shape[0])))
+            return functional.linear(x, w, b)
+
+    with monkeypatch.context() as m:
+        m.setattr(timm_vit, "F", Spy())
+        yield calls
+
+
+@pytest.mark.parametrize(
+    ("build", "keep"),
+    [
+        (lambda: MODEL_FACTORIES["timm-vit"](), 1),
+        (lambda: MODEL_FACTORIES["timm-deit-distilled"](), 2),
+        (lambda: MODEL_FACTORIES["timm-vit-registers"](), 4),
+        (lambda: _timm_model("vit_tiny_patch16_224", qkv_bias=False), 1),
+    ],
+    ids=["vit", "deit-distilled", "registers", "no-qkv-bias"],
+)
+def test_timm_last_block_projects_queries_of_the_kept_rows_only(
+    build: Callable[[], nn.Module], keep: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model: Any = _spread(build())
+    n = xvit.get_adapter(model).geometry.num_tokens()
+    d = model.embed_dim
+    with linear_calls(monkeypatch) as calls:
+        _timm_rows(model, monkeypatch)  # equal to the plain forward
+    assert (keep, d) in calls and (n, 2 * d) in calls and (n, 3 * d) not in calls
+
+
+def test_timm_wrapped_qkv_keeps_its_own_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Wrapped(nn.Linear):  # a LoRA-style subclass may change what the projection does
+        pass
+
+    model: Any = _spread(MODEL_FACTORIES["timm-vit"]())
+    model.blocks[-1].attn.qkv.__class__ = Wrapped
+    with linear_calls(monkeypatch) as calls:
+        scoring, _ = _timm_rows(model, monkeypatch)
+    assert calls == [] and scoring[-1] == [1]  # the shortcut, through the module's forward
+
+
+def _timm_model(name: str, **kw: Any) -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(
+        name,
+        pretrained=False,
+        num_classes=NUM_CLASSES,
+        embed_dim=32,
+        depth=DEPTH,
+        num_heads=2,
+        img_size=32,
+        patch_size=8,
+        **kw,
+    ).eval()
+
+
 def _timm_rows(
     model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[list[int]], list[list[int]]]:

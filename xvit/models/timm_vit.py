@@ -243,9 +243,19 @@ def _prefix_rows_of_block(block: Any, x: torch.Tensor, keep: int) -> torch.Tenso
     attn = block.attn
     y = block.norm1(x)
     b, n, _ = y.shape
-    qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q[:, :, :keep]), attn.k_norm(k)
+    heads, width = attn.num_heads, attn.head_dim
+    if type(attn.qkv) is nn.Linear:  # queries of the kept rows only: (N - keep) x D x D less
+        w, bias = attn.qkv.weight, attn.qkv.bias
+        d = heads * width
+        q = F.linear(y[:, :keep], w[:d], None if bias is None else bias[:d])
+        q = q.reshape(b, keep, heads, width).transpose(1, 2)
+        kv = F.linear(y, w[d:], None if bias is None else bias[d:])
+        k, v = kv.reshape(b, n, 2, heads, width).permute(2, 0, 3, 1, 4).unbind(0)
+    else:
+        qkv = attn.qkv(y).reshape(b, n, 3, heads, width).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q = q[:, :, :keep]
+    q, k = attn.q_norm(q), attn.k_norm(k)
     out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
     out = out.transpose(1, 2).reshape(b, keep, attn.attn_dim)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
