@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 import xvit
+import xvit.methods.gradmask as gradmask_module
 from conftest import MODEL_FACTORIES, model_input
 from xvit.methods._scoring import score_binary_masks, score_masks
 
@@ -67,19 +70,38 @@ def test_deduplicated_scores_equal_plain_scores(model_name: str, monkeypatch) ->
     assert sum(adapter.batches) == 10
 
 
-def test_gradmask_gradient_pass_is_chunked(timm_vit: torch.nn.Module) -> None:
+def _gradient_pass_sizes(model: torch.nn.Module, x: torch.Tensor, **params: Any) -> list[int]:
+    """Images in each gradient pass of a GradMask call, and its maps."""
     sizes: list[int] = []
-    handle = timm_vit.blocks[0].attn.qkv.register_forward_hook(
+    handle = model.blocks[0].attn.qkv.register_forward_hook(
         lambda m, i, o: sizes.append(int(o.shape[0])) if torch.is_grad_enabled() else None
     )
     try:
-        x = model_input(timm_vit, batch=9)
-        chunked = xvit.explain("gradmask", timm_vit, x, batch_size=32)  # 2 images per pass
+        xvit.explain("gradmask", model, x, **params)
     finally:
         handle.remove()
-    assert [s for s in sizes if s] and max(sizes) <= 2
+    return sizes
+
+
+def test_gradmask_gradient_pass_is_chunked(timm_vit: torch.nn.Module, monkeypatch) -> None:
+    monkeypatch.setattr(gradmask_module, "GRADIENT_ROWS", 1)  # the share rule alone
+    x = model_input(timm_vit, batch=9)
+    sizes = _gradient_pass_sizes(timm_vit, x, batch_size=32)  # 2 images per pass
+    assert sizes == [2, 2, 2, 2, 1]
+    chunked = xvit.explain("gradmask", timm_vit, x, batch_size=32)
     whole = xvit.explain("gradmask", timm_vit, x, batch_size=4096)
     torch.testing.assert_close(chunked.map, whole.map, rtol=1e-5, atol=1e-6)
+
+
+def test_gradmask_gradient_pass_takes_enough_token_rows(timm_vit, monkeypatch) -> None:
+    # 17 tokens (16 patches + CLS): 100 rows are 6 images, more than 64 // 16 = 4, and never
+    # more images than batch_size
+    monkeypatch.setattr(gradmask_module, "GRADIENT_ROWS", 100)
+    x = model_input(timm_vit, batch=13)
+    assert xvit.get_adapter(timm_vit).geometry.num_tokens() == 17
+    assert _gradient_pass_sizes(timm_vit, x, batch_size=64) == [6, 6, 1]
+    assert _gradient_pass_sizes(timm_vit, x, batch_size=4) == [4, 4, 4, 1]
+    assert _gradient_pass_sizes(timm_vit, x, batch_size=256) == [13]  # 256 // 16 = 16
 
 
 def _largest_batches(model: torch.nn.Module, n: int, batch_size: int) -> tuple[int, int]:
@@ -98,9 +120,13 @@ def _largest_batches(model: torch.nn.Module, n: int, batch_size: int) -> tuple[i
     return max(grad_sizes), max(forward_sizes)
 
 
-def test_gradmask_working_set_does_not_grow_with_the_number_of_images(timm_vit) -> None:
-    # what a job holds at once is set by batch_size alone: a 10-image and a 40-image job run
-    # gradient passes and masked forwards of the same sizes
+def test_gradmask_working_set_does_not_grow_with_the_number_of_images(
+    timm_vit, monkeypatch
+) -> None:
+    # what a job holds at once is set by batch_size (and the token rows of a gradient pass)
+    # alone: a 10-image and a 40-image job run gradient passes and masked forwards of the
+    # same sizes
+    monkeypatch.setattr(gradmask_module, "GRADIENT_ROWS", 4 * 17)  # 4 images of 17 tokens
     small = _largest_batches(timm_vit, 10, batch_size=64)
     large = _largest_batches(timm_vit, 40, batch_size=64)
     assert small == large == (4, 64)

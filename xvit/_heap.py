@@ -13,9 +13,10 @@ faults and 0.8 s of system time out of 4.1 s, and 3.3 s with the faults gone.
 :func:`settle_heap` frees one untouched block just under glibc's 32 MiB ceiling, once per
 process. That is the event glibc's rule answers, and its answer is the largest it ever gives:
 allocations up to 32 MiB come from the heap, and up to 64 MiB of freed heap stays with the
-process (a process that ever frees a 32 MiB tensor is already there). No ``mallopt`` call
-(which would switch the adaptive rule off for good), no page of the block touched. With
-another C library, or a preloaded allocator (jemalloc, tcmalloc), it changes nothing.
+process (where glibc itself leaves any process that has freed a tensor of just under 32 MiB).
+No ``mallopt`` call (which would switch the adaptive rule off for good), no page of the block
+touched. With another C library, or a preloaded allocator (jemalloc, tcmalloc), it changes
+nothing.
 """
 
 from __future__ import annotations

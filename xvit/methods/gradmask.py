@@ -58,8 +58,13 @@ def resolve_blocks(blocks: Any, num_blocks: int, method: str) -> list[int]:
     return out
 
 
-#: A gradient pass takes ``batch_size // GRADIENT_SHARE`` images at a time.
+#: A gradient pass takes ``batch_size // GRADIENT_SHARE`` images at a time...
 GRADIENT_SHARE = 16
+#: ...and at least this many token rows (images x tokens), up to ``batch_size`` images: a
+#: pass of fewer rows leaves the cores waiting between small kernels (the digits ViT's 65
+#: tokens: 16 images instead of 4, 35% less time per image on 2 CPU cores), while its memory,
+#: some GRADIENT_ROWS tokens' activations, stays small wherever the rule adds images.
+GRADIENT_ROWS = 1024
 #: The masks of ``batch_size // SCORING_SHARE`` images are scored together.
 SCORING_SHARE = 8
 
@@ -190,10 +195,14 @@ class GradMask(TakesForwardOptions, Explainer):
         options = dataclasses.replace(self.forward_options, batch_size=chunk)
         # A gradient pass keeps every block's activations (and attention) of its images for
         # the backward, far more per image than a masked forward; GRADIENT_SHARE images per
-        # pass keep it near one chunk of masked forwards. The masks of SCORING_SHARE images
-        # are scored together so that chunks stay full.
-        grad_images = max(1, chunk // GRADIENT_SHARE)
-        scored_images = max(grad_images, chunk // SCORING_SHARE)
+        # pass keep it near one chunk of masked forwards, GRADIENT_ROWS token rows keep the
+        # cores busy. The masks of SCORING_SHARE images are scored together so that chunks
+        # stay full.
+        tokens = adapter.geometry.num_tokens(inputs.shape[-2], inputs.shape[-1])
+        fill_cores = min(chunk, -(-GRADIENT_ROWS // tokens))
+        grad_images = max(1, chunk // GRADIENT_SHARE, fill_cores)
+        # whole gradient passes per scoring group
+        scored_images = grad_images * max(1, -(-(chunk // SCORING_SHARE) // grad_images))
         maps = []
         for start in range(0, inputs.shape[0], scored_images):
             x = inputs[start : start + scored_images]
