@@ -87,7 +87,8 @@ class GradMask(TakesForwardOptions, Explainer):
             (a CLS-pooled model's last-block patch queries get no gradient); "all"; or indices.
         fill: Value of masked-out pixels in the model's input space.
         batch_size: Model inputs (masked images) per forward, an int or "auto"; the gradient
-            pass takes ``batch_size // 16`` images at a time and the masks of
+            pass takes ``batch_size // 16`` images at a time (more, up to ``batch_size``, when
+            that is under 1,024 tokens: 16 images of 65 tokens) and the masks of about
             ``batch_size // 8`` images are scored together, so memory stays bounded for any
             number of images.
         precision: "fp32", or "bf16" for bfloat16 autocast in the masked forwards (the
