@@ -246,7 +246,7 @@ def _prefix_rows_of_block(block: Any, x: torch.Tensor, keep: int) -> torch.Tenso
     heads, width = attn.num_heads, attn.head_dim
     if type(attn.qkv) is nn.Linear:  # queries of the kept rows only: (N - keep) x D x D less
         w, bias = attn.qkv.weight, attn.qkv.bias
-        d = heads * width
+        d = attn.attn_dim  # the width of each of q, k and v in the fused weight
         q = F.linear(y[:, :keep], w[:d], None if bias is None else bias[:d])
         q = q.reshape(b, keep, heads, width).transpose(1, 2)
         kv = F.linear(y, w[d:], None if bias is None else bias[d:])
